@@ -1,0 +1,33 @@
+# Every target sets itself up on a fresh machine: a venv in .venv with the project installed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test test-slow demo bench clean
+
+install: $(STAMP)
+
+# torch/torchvision are pinned to the pair that installs from this machine's disk
+# (a range admitting other releases would download gigabytes or break torchvision).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+demo: $(STAMP)
+	@run=outputs/demo/$$(date +%Y-%m-%d_%H-%M-%S); \
+	$(BIN)/aexp train hydra.run.dir=$$run && \
+	$(BIN)/aexp render $$run && \
+	echo "demo animation: $$run/latent.mp4"
+
+clean:
+	rm -rf outputs/demo multirun .pytest_cache

@@ -1,0 +1,36 @@
+"""User-facing errors: each becomes one clear line on stderr and exit code 2 (no traceback)."""
+
+
+class AexpError(Exception):
+    """Base class for errors caused by the user's input (config, data, files)."""
+
+
+class ConfigError(AexpError):
+    """A config value or combination that cannot work (e.g. a model that cannot take the data)."""
+
+
+class DataError(AexpError):
+    """Missing, unreadable or unusable data."""
+
+
+class CheckpointError(AexpError):
+    """A checkpoint that is missing, truncated or not ours."""
+
+
+class RenderError(AexpError):
+    """Frames that cannot be turned into a video."""
+
+
+class TrainingDiverged(AexpError):
+    """The loss became NaN or infinite."""
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Return the innermost AexpError in an exception's cause chain (Hydra wraps errors raised
+    inside `instantiate`), or the exception itself when there is none."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, AexpError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc

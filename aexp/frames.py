@@ -1,0 +1,144 @@
+"""Per-epoch latent-space frames, rasterised with numpy (a new matplotlib figure per epoch
+would cost more than a small model's epoch).
+
+A frame shows the latents of a fixed probe set from the validation data, coloured by class
+(or by the sample's own colour for the colours dataset), on axes that stay put between epochs.
+For a 2-D latent it also shows the decoder's output over a grid of latent points.
+Latents of more than two dimensions are projected on a PCA basis fitted once, at epoch 0.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from aexp.data import as_float
+
+# matplotlib's tab10, so frames match the plots made with matplotlib.
+PALETTE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+], dtype=np.uint8)
+
+MARGIN = 28  # pixels around each panel, room for the tick labels
+
+
+class FrameWriter:
+    """Draws `frames/epoch_XXXX.png` for a model and a fixed probe set."""
+
+    def __init__(self, data, out_dir: Path, probe_size: int = 2000, size: int = 400,
+                 grid: int = 15, seed: int = 0):
+        self.out_dir = Path(out_dir)
+        self.size, self.grid = size, grid
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(data.val), generator=g)[:probe_size].to(data.val.x.device)
+        self.x = data.val.x[idx]
+        self.kind = data.kind
+        if data.kind == "colors":
+            self.colors = (self.x.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+        elif data.val.y is not None:
+            self.colors = PALETTE[data.val.y[idx].cpu().numpy() % len(PALETTE)]
+        else:
+            self.colors = np.tile(PALETTE[0], (len(idx), 1))
+        self.basis = None    # PCA (mean, components) for latents of more than 2 dimensions
+        self.limits = None   # ((x0, x1), (y0, y1)) in plotted coordinates
+
+    @torch.no_grad()
+    def write(self, model, epoch: int) -> Path:
+        was_training = model.training
+        model.eval()
+        z = model.encode(as_float(self.x)).float()
+        p = self._project(z)
+        self._update_limits(p, getattr(model, "latent_range", None))
+        panels = [self._scatter(p.cpu().numpy())]
+        if z.shape[1] == 2:
+            panels.append(self._decoded_plane(model, z.device))
+        model.train(was_training)
+        frame = np.full((self.size + 2 * MARGIN, len(panels) * (self.size + 2 * MARGIN), 3),
+                        255, np.uint8)
+        for i, panel in enumerate(panels):
+            x0 = i * (self.size + 2 * MARGIN) + MARGIN
+            frame[MARGIN:MARGIN + self.size, x0:x0 + self.size] = panel
+        img = Image.fromarray(frame)
+        self._annotate(ImageDraw.Draw(img), epoch, len(panels), z.shape[1])
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"epoch_{epoch:04d}.png"
+        img.save(path, compress_level=1)
+        return path
+
+    def _project(self, z):
+        if z.shape[1] <= 2:
+            return z if z.shape[1] == 2 else torch.cat([z, torch.zeros_like(z)], 1)
+        if self.basis is None:
+            mean = z.mean(0, keepdim=True)
+            _, _, v = torch.linalg.svd(z - mean, full_matrices=False)
+            self.basis = (mean, v[:2].T)
+        mean, comps = self.basis
+        return (z - mean) @ comps
+
+    def _update_limits(self, p, latent_range):
+        """Bounded latents use their range. Unbounded ones use a symmetric box whose half-width
+        is a power of two that only grows, so the axes change rarely and never shrink."""
+        if latent_range is not None and p is not None and self.basis is None:
+            lo, hi = latent_range
+            self.limits = ((lo, hi), (lo, hi))
+            return
+        spread = float(torch.quantile(p.abs().flatten(), 0.995)) if len(p) else 1.0
+        half = 2.0 ** math.ceil(math.log2(max(spread, 1e-3) * 1.05))
+        if self.limits is not None:
+            half = max(half, self.limits[0][1])
+        self.limits = ((-half, half), (-half, half))
+
+    def _to_pixels(self, p: np.ndarray):
+        (x0, x1), (y0, y1) = self.limits
+        px = np.round((p[:, 0] - x0) / (x1 - x0) * (self.size - 1)).astype(np.int64)
+        py = np.round((y1 - p[:, 1]) / (y1 - y0) * (self.size - 1)).astype(np.int64)
+        return px, py
+
+    def _scatter(self, p: np.ndarray) -> np.ndarray:
+        canvas = np.full((self.size, self.size, 3), 255, np.uint8)
+        px, py = self._to_pixels(p)
+        inside = (px >= 0) & (px < self.size) & (py >= 0) & (py < self.size)
+        px, py, colors = px[inside], py[inside], self.colors[inside]
+        for dy in (-1, 0, 1):       # 3x3 dots
+            for dx in (-1, 0, 1):
+                canvas[np.clip(py + dy, 0, self.size - 1), np.clip(px + dx, 0, self.size - 1)] = colors
+        canvas[[0, -1], :] = 160    # panel border
+        canvas[:, [0, -1]] = 160
+        return canvas
+
+    def _decoded_plane(self, model, device) -> np.ndarray:
+        """The decoder's output over a grid of latent points spanning the axes."""
+        (x0, x1), (y0, y1) = self.limits
+        if self.kind == "colors":   # one decoded colour per pixel cell
+            n = 100
+            xs, ys = torch.linspace(x0, x1, n), torch.linspace(y1, y0, n)
+            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
+            rgb = model.decode(grid.to(device)).float().clamp(0, 1).reshape(n, n, 3)
+            img = (rgb.cpu().numpy() * 255).astype(np.uint8)
+        else:                       # a mosaic of decoded images
+            n = self.grid
+            step_x, step_y = (x1 - x0) / n, (y1 - y0) / n
+            xs = torch.tensor([x0 + step_x * (i + 0.5) for i in range(n)])
+            ys = torch.tensor([y1 - step_y * (i + 0.5) for i in range(n)])
+            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
+            out = model.decode(grid.to(device)).float().clamp(0, 1).cpu()
+            out = out.view(n, n, *out.shape[1:]) if out.dim() == 4 else out.view(n, n, 1, 1, -1)
+            c, h, w = out.shape[2:]
+            tiles = out.permute(0, 3, 1, 4, 2).reshape(n * h, n * w, c).numpy()
+            tiles = np.repeat(tiles, 3, axis=2) if c == 1 else tiles[..., :3]
+            img = (tiles * 255).astype(np.uint8)
+        return np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.NEAREST))
+
+    def _annotate(self, draw, epoch, n_panels, latent_dim):
+        (x0, x1), (y0, y1) = self.limits
+        label = "latent" if latent_dim <= 2 else f"PCA of {latent_dim}-d latent"
+        draw.text((MARGIN, 8), f"epoch {epoch}   {label}", fill=(0, 0, 0))
+        bottom = self.size + MARGIN + 4
+        draw.text((MARGIN, bottom), f"{x0:g}", fill=(90, 90, 90))
+        draw.text((MARGIN + self.size - 24, bottom), f"{x1:g}", fill=(90, 90, 90))
+        draw.text((2, MARGIN + self.size - 12), f"{y0:g}", fill=(90, 90, 90))
+        draw.text((2, MARGIN), f"{y1:g}", fill=(90, 90, 90))
+        if n_panels > 1:
+            draw.text((3 * MARGIN + self.size, 8), "decoded latent plane", fill=(0, 0, 0))

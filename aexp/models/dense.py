@@ -1,0 +1,98 @@
+"""Dense (fully connected) autoencoders: the linear colour AE, the MLP AE and the Gaussian VAE."""
+import math
+
+import torch
+from torch import nn
+
+from aexp.errors import ConfigError
+from aexp.models import BOUNDS, Output
+from aexp.models import activation as make_act
+
+
+def _stack(sizes, act: str, bias: bool = True) -> list:
+    """Linear layers between consecutive sizes, each followed by `act`."""
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b, bias=bias), make_act(act)]
+    return layers
+
+
+class MLP(nn.Module):
+    """Dense autoencoder: flatten -> hidden layers -> latent -> mirrored hidden -> output.
+
+    `hidden: []` gives a linear autoencoder (e.g. the RGB -> 2-D -> RGB colour model).
+    `in_features`, when set, states the input size the model is meant for, so a mismatch with
+    the dataset fails before training instead of silently training something else.
+    """
+
+    def __init__(self, in_shape, out_shape, hidden=(), latent_dim=2, activation="relu",
+                 latent_activation="none", output_activation="sigmoid", bias=True,
+                 in_features=None):
+        super().__init__()
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        if in_features is not None and in_features != n_in:
+            raise ConfigError(
+                f"model expects {in_features} input features but the dataset gives "
+                f"{n_in} (shape {self.in_shape}); pick a model that fits the dataset"
+            )
+        hidden = list(hidden)
+        self.latent_dim = latent_dim
+        self.latent_range = BOUNDS.get(latent_activation)
+        enc = _stack([n_in] + hidden, activation, bias)
+        self.encoder = nn.Sequential(
+            nn.Flatten(), *enc, nn.Linear(([n_in] + hidden)[-1], latent_dim, bias=bias),
+            make_act(latent_activation),
+        )
+        dec = _stack([latent_dim] + hidden[::-1], activation, bias)
+        self.decoder = nn.Sequential(
+            *dec, nn.Linear(([latent_dim] + hidden[::-1])[-1], n_out, bias=bias),
+            make_act(output_activation),
+        )
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z).view(-1, *self.out_shape)
+
+    def forward(self, x):
+        z = self.encode(x)
+        return Output(self.decode(z), z, {})
+
+
+class VAE(nn.Module):
+    """Dense Gaussian VAE: encoder -> (mu, log-variance) heads; z = mu + sigma * eps while
+    training, z = mu at evaluation; decoder mirrors the encoder."""
+
+    def __init__(self, in_shape, out_shape, hidden=(512,), latent_dim=2, activation="relu",
+                 output_activation="sigmoid"):
+        super().__init__()
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        hidden = list(hidden)
+        self.latent_dim = latent_dim
+        self.latent_range = None
+        self.body = nn.Sequential(nn.Flatten(), *_stack([n_in] + hidden, activation))
+        width = ([n_in] + hidden)[-1]
+        self.mu = nn.Linear(width, latent_dim)
+        self.logvar = nn.Linear(width, latent_dim)
+        self.decoder = nn.Sequential(
+            *_stack([latent_dim] + hidden[::-1], activation),
+            nn.Linear(([latent_dim] + hidden[::-1])[-1], n_out), make_act(output_activation),
+        )
+
+    def posterior(self, x):
+        h = self.body(x)
+        return self.mu(h), self.logvar(h)
+
+    def encode(self, x):
+        return self.posterior(x)[0]
+
+    def decode(self, z):
+        return self.decoder(z).view(-1, *self.out_shape)
+
+    def forward(self, x):
+        mu, logvar = self.posterior(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return Output(self.decode(z), z, {"mu": mu, "logvar": logvar})

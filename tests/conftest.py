@@ -1,0 +1,78 @@
+"""Shared fixtures: composing the real config tree, and tiny real-format datasets made on the fly."""
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from aexp.paths import conf_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def options(group: str) -> list[str]:
+    """Every option of a config group, from the files in conf/<group>/."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg(["model=vae", ...]) -> the composed run config (no Hydra run started)."""
+    def _compose(overrides=()):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    return _compose
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """Write an array in the IDX format MNIST uses (uint8 data, big-endian dims)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def make_mnist(root: Path, n_train: int = 120, n_test: int = 40, name: str = "MNIST",
+               compress: bool = False, seed: int = 0) -> Path:
+    """Tiny MNIST-format data: each class a distinct blob position, so it is learnable."""
+    rng = np.random.default_rng(seed)
+
+    def images(n):
+        labels = np.arange(n) % 10
+        imgs = rng.integers(0, 40, size=(n, 28, 28))
+        for i, c in enumerate(labels):
+            r, col = 4 + (c // 5) * 12, 2 + (c % 5) * 5
+            imgs[i, r:r + 8, col:col + 5] = 230
+        return imgs, labels
+
+    raw = root / name / "raw"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        x, y = images(n)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", x, compress)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y, compress)
+    return root
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    return make_mnist(tmp_path / "data")
+
+
+def aexp(*args, cwd=None, check=True, timeout=300):
+    """Run the real `aexp` entry point in a subprocess, as a user would."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+    proc = subprocess.run([sys.executable, "-m", "aexp.cli", *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"aexp {' '.join(map(str, args))} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
