@@ -42,6 +42,12 @@ class Data:
     def out_shape(self) -> tuple:
         return self.in_shape
 
+    def batch(self, split: Split, idx=None, train: bool = False) -> tuple:
+        """(model input, target) as floats for the samples `idx` of `split` (all when None).
+        `train` marks training batches (where augmentation or input corruption belong)."""
+        x = as_float(split.x if idx is None else split.x[idx])
+        return x, x
+
     def to(self, device) -> "Data":
         move = lambda s: Split(s.x.to(device), None if s.y is None else s.y.to(device))
         return replace(self, train=move(self.train), val=move(self.val), test=move(self.test))

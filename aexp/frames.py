@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from aexp.data import as_float
 
 # matplotlib's tab10, so frames match the plots made with matplotlib.
 PALETTE = np.array([
@@ -33,7 +32,7 @@ class FrameWriter:
         self.size, self.grid = size, grid
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(data.val), generator=g)[:probe_size].to(data.val.x.device)
-        self.x = data.val.x[idx]
+        self.x = data.batch(data.val, idx)[0]
         self.kind = data.kind
         if data.kind == "colors":
             self.colors = (self.x.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
@@ -48,7 +47,7 @@ class FrameWriter:
     def write(self, model, epoch: int) -> Path:
         was_training = model.training
         model.eval()
-        z = model.encode(as_float(self.x)).float()
+        z = model.encode(self.x).float()
         p = self._project(z)
         self._update_limits(p, getattr(model, "latent_range", None))
         panels = [self._scatter(p.cpu().numpy())]

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aexp import checkpoint
-from aexp.data import as_float
 from aexp.errors import AexpError, ConfigError, TrainingDiverged, unwrap
 from aexp.frames import FrameWriter
 from aexp.metrics import write_csv
@@ -46,6 +45,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_parts(cfg, device) -> tuple:
+    """Data (resident on `device`), model and loss of a run config: what training, evaluation
+    and every command that loads a finished run share."""
+    data = build(cfg.dataset).to(device)
+    model = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape).to(device)
+    return data, model, build(cfg.loss)
+
+
 def check_config(cfg) -> None:
     t = cfg.train
     if t.epochs < 1:
@@ -59,31 +66,31 @@ def check_config(cfg) -> None:
 def preflight(model, loss_fn, data) -> None:
     """One forward and loss on two samples, so a model that cannot take the data's shape, or a
     loss that does not fit the model, fails before any work with one clear line."""
-    x = as_float(data.train.x[:2])
+    x, y = data.batch(data.train, torch.arange(2, device=data.train.x.device))
     try:
         with torch.no_grad():
             out = model(x)
-            terms = loss_fn(out, x, x, model)
+            terms = loss_fn(out, x, y, model)
     except AexpError:
         raise
     except RuntimeError as e:
         raise ConfigError(f"model {type(model).__name__} cannot take {data.name} data of shape "
                           f"{tuple(data.in_shape)}: {str(e).splitlines()[0]}") from None
-    if out.x_hat.shape != x.shape:
+    if out.x_hat.shape != y.shape:
         raise ConfigError(f"model output shape {tuple(out.x_hat.shape[1:])} differs from the "
-                          f"target shape {tuple(x.shape[1:])}")
+                          f"target shape {tuple(y.shape[1:])}")
     if not all(torch.isfinite(v) for v in terms.values()):
         raise ConfigError("the loss is not finite on the first batch")
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, split, batch_size: int) -> dict:
+def evaluate(model, loss_fn, data, split, batch_size: int) -> dict:
     """Batch-size-weighted mean of every loss term over a split (model in eval mode)."""
     model.eval()
     sums, n = {}, len(split)
     for i in range(0, n, batch_size):
-        x = as_float(split.x[i:i + batch_size])
-        for k, v in loss_fn(model(x), x, x, model).items():
+        x, y = data.batch(split, torch.arange(i, min(i + batch_size, n), device=split.x.device))
+        for k, v in loss_fn(model(x), x, y, model).items():
             sums[k] = sums.get(k, 0.0) + v.detach() * len(x)
     model.train()
     return {k: float(v) / n for k, v in sums.items()}
@@ -103,9 +110,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
-    data = build(cfg.dataset).to(device)
-    model = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape).to(device)
-    loss_fn = build(cfg.loss)
+    data, model, loss_fn = build_parts(cfg, device)
     optimizer = build(cfg.optimizer, params=model.parameters())
     scheduler = build(cfg.schedule, optimizer=optimizer)
     preflight(model, loss_fn, data)
@@ -136,8 +141,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             sums = {}
             for step in range(steps):
                 idx = perm[step * bs:(step + 1) * bs]
-                x = as_float(data.train.x[idx])
-                terms = loss_fn(model(x), x, x, model)
+                x, y = data.batch(data.train, idx, train=True)
+                terms = loss_fn(model(x), x, y, model)
                 optimizer.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 optimizer.step()
@@ -149,7 +154,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                                     info=f"loss {terms['loss'].item():.4g}")
             seen = min(steps * bs, n)
             train_terms = {k: float(v) / seen for k, v in sums.items()}
-            val_terms = evaluate(model, loss_fn, data.val, cfg.train.eval_batch_size)
+            val_terms = evaluate(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
             bad = {k: v for k, v in {**train_terms, **val_terms}.items() if not np.isfinite(v)}
             if bad:
                 raise TrainingDiverged(
