@@ -11,10 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from aexp import checkpoint
+from aexp import checkpoint, loop
 from aexp.errors import AexpError, ConfigError, TrainingDiverged, unwrap
 from aexp.frames import FrameWriter
 from aexp.metrics import write_csv
+from aexp.schedules import build_schedule, per_batch
 
 console = Console(stderr=True, log_path=False)
 
@@ -57,6 +58,8 @@ def check_config(cfg) -> None:
     t = cfg.train
     if t.epochs < 1:
         raise ConfigError(f"train.epochs must be at least 1, got {t.epochs}")
+    if t.get("grad_clip") is not None and t.grad_clip <= 0:
+        raise ConfigError(f"train.grad_clip must be positive (or null), got {t.grad_clip}")
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size must be at least 1, got {t.batch_size}")
     if cfg.optimizer.get("lr", 1.0) <= 0:
@@ -70,7 +73,8 @@ def preflight(model, loss_fn, data) -> None:
     try:
         with torch.no_grad():
             out = model(x)
-            terms = loss_fn(out, x, y, model)
+            labels = loop.labels(data.train, torch.arange(2, device=x.device))
+            terms = loss_fn(out, x, y, model, labels=labels)
     except AexpError:
         raise
     except RuntimeError as e:
@@ -90,7 +94,8 @@ def evaluate(model, loss_fn, data, split, batch_size: int) -> dict:
     sums, n = {}, len(split)
     for i in range(0, n, batch_size):
         x, y = data.batch(split, torch.arange(i, min(i + batch_size, n), device=split.x.device))
-        for k, v in loss_fn(model(x), x, y, model).items():
+        labels = loop.labels(split, torch.arange(i, min(i + batch_size, n), device=split.x.device))
+        for k, v in loss_fn(model(x), x, y, model, labels=labels).items():
             sums[k] = sums.get(k, 0.0) + v.detach() * len(x)
     model.train()
     return {k: float(v) / n for k, v in sums.items()}
@@ -112,8 +117,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     data, model, loss_fn = build_parts(cfg, device)
     optimizer = build(cfg.optimizer, params=model.parameters())
-    scheduler = build(cfg.schedule, optimizer=optimizer)
+    epochs, steps, total_steps = loop.plan(cfg.train, len(data.train))
+    scheduler = build_schedule(cfg.schedule, optimizer, total_steps)
     preflight(model, loss_fn, data)
+    loop.check_progressive(model, data, cfg.train.get("progressive"))
 
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]aexp[/] {type(model).__name__} ({n_params:,} parameters) on "
@@ -126,33 +133,37 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     config = OmegaConf.to_container(cfg, resolve=True)
     gen = torch.Generator().manual_seed(cfg.seed)   # data order, saved in checkpoints
-    epochs, bs, n = cfg.train.epochs, cfg.train.batch_size, len(data.train)
-    # A final batch of one sample would break BatchNorm in training mode: fold it away.
-    steps = n // bs + (1 if n % bs > 1 else 0)
+    bs, n, done = cfg.train.batch_size, len(data.train), 0
     rows, best = [], float("inf")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     with progress:
-        task = progress.add_task("epoch", total=epochs * steps, info="")
+        task = progress.add_task("epoch", total=total_steps, info="")
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
+            loop.start_epoch(model, loss_fn, epoch)
+            size = loop.progressive_size(cfg.train.get("progressive"), epoch)
             perm = torch.randperm(n, generator=gen).to(device, non_blocking=True)
             sums = {}
-            for step in range(steps):
+            for step in range(min(steps, total_steps - done)):
                 idx = perm[step * bs:(step + 1) * bs]
-                x, y = data.batch(data.train, idx, train=True)
-                terms = loss_fn(model(x), x, y, model)
+                x, y = loop.resize(*data.batch(data.train, idx, train=True), size)
+                terms = loss_fn(model(x), x, y, model, labels=loop.labels(data.train, idx))
                 optimizer.zero_grad(set_to_none=True)
                 terms["loss"].backward()
+                loop.clip_gradients(model, cfg.train.get("grad_clip"))
                 optimizer.step()
+                done += 1
+                if per_batch(scheduler):
+                    scheduler.step()
                 for k, v in terms.items():      # accumulated on the device: no sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
-                if step % 25 == 0 or step == steps - 1:
-                    progress.update(task, completed=(epoch - 1) * steps + step + 1,
+                if step % 25 == 0 or step == steps - 1 or done == total_steps:
+                    progress.update(task, completed=done,
                                     description=f"epoch {epoch}/{epochs}",
                                     info=f"loss {terms['loss'].item():.4g}")
-            seen = min(steps * bs, n)
+            seen = min((step + 1) * bs, n)
             train_terms = {k: float(v) / seen for k, v in sums.items()}
             val_terms = evaluate(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
             bad = {k: v for k, v in {**train_terms, **val_terms}.items() if not np.isfinite(v)}
@@ -163,7 +174,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             lr = optimizer.param_groups[0]["lr"]
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val_terms["loss"])
-            else:
+            elif not per_batch(scheduler):
                 scheduler.step()
             row = {"epoch": epoch, "train_loss": train_terms["loss"], "val_loss": val_terms["loss"]}
             row.update({f"train_{k}": v for k, v in train_terms.items() if k != "loss"})
