@@ -93,9 +93,9 @@ def evaluate(model, loss_fn, data, split, batch_size: int) -> dict:
     model.eval()
     sums, n = {}, len(split)
     for i in range(0, n, batch_size):
-        x, y = data.batch(split, torch.arange(i, min(i + batch_size, n), device=split.x.device))
-        labels = loop.labels(split, torch.arange(i, min(i + batch_size, n), device=split.x.device))
-        for k, v in loss_fn(model(x), x, y, model, labels=labels).items():
+        idx = torch.arange(i, min(i + batch_size, n), device=split.x.device)
+        x, y = data.batch(split, idx)
+        for k, v in loss_fn(model(x), x, y, model, labels=loop.labels(split, idx)).items():
             sums[k] = sums.get(k, 0.0) + v.detach() * len(x)
     model.train()
     return {k: float(v) / n for k, v in sums.items()}
@@ -145,7 +145,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             loop.start_epoch(model, loss_fn, epoch)
             size = loop.progressive_size(cfg.train.get("progressive"), epoch)
             perm = torch.randperm(n, generator=gen).to(device, non_blocking=True)
-            sums = {}
+            sums, shown = {}, 0.0
             for step in range(min(steps, total_steps - done)):
                 idx = perm[step * bs:(step + 1) * bs]
                 x, y = loop.resize(*data.batch(data.train, idx, train=True), size)
@@ -159,10 +159,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                     scheduler.step()
                 for k, v in terms.items():      # accumulated on the device: no sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
-                if step % 25 == 0 or step == steps - 1 or done == total_steps:
+                last = step == steps - 1 or done == total_steps
+                if time.perf_counter() - shown > 0.5 or last:  # reading the loss syncs
+                    shown = time.perf_counter()
                     progress.update(task, completed=done,
                                     description=f"epoch {epoch}/{epochs}",
                                     info=f"loss {terms['loss'].item():.4g}")
+            train_seconds = time.perf_counter() - t0
             seen = min((step + 1) * bs, n)
             train_terms = {k: float(v) / seen for k, v in sums.items()}
             val_terms = evaluate(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
@@ -179,7 +182,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             row = {"epoch": epoch, "train_loss": train_terms["loss"], "val_loss": val_terms["loss"]}
             row.update({f"train_{k}": v for k, v in train_terms.items() if k != "loss"})
             row.update({f"val_{k}": v for k, v in val_terms.items() if k != "loss"})
-            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 4))
+            t_frame = time.perf_counter()
+            if frames and epoch % cfg.frames.every == 0:
+                frames.write(model, epoch)
+            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 4),
+                       train_seconds=round(train_seconds, 4),
+                       frame_seconds=round(time.perf_counter() - t_frame, 4))
             rows.append(row)
             write_csv(run_dir / "metrics.csv", rows)
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -189,8 +197,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             if row["val_loss"] < best:
                 best = row["val_loss"]
                 checkpoint.save(run_dir / "checkpoints" / "best.pt", state)
-            if frames and epoch % cfg.frames.every == 0:
-                frames.write(model, epoch)
             console.log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train {row['train_loss']:.5g}  "
                         f"val {row['val_loss']:.5g}  lr {lr:.3g}  {row['seconds']:.2f}s")
     total = sum(r["seconds"] for r in rows)
