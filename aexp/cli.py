@@ -1,4 +1,4 @@
-"""`aexp <command>`: `train` goes to the Hydra app (the only place that touches Hydra's globals);
+"""`aexp <command>`: `train` and `lr-find` go to the Hydra app (the only place that touches Hydra's globals);
 the other commands use argparse. User errors print one line and exit 2."""
 import os
 import sys
@@ -7,12 +7,14 @@ USAGE = """usage: aexp <command> [args]
 
 commands:
   train   [overrides]   train one run (Hydra overrides; -m/--multirun sweeps; --help for config help)
+  lr-find [overrides]   sweep the learning rate over a few hundred steps; plot + suggested lr
   render  RUN_DIR       turn a run's latent frames into latent.mp4 (--fps, --out, --gif)
 
 examples:
   aexp train
   aexp train model=vae dataset=mnist dataset.root=data train.epochs=2
   aexp train -m optimizer.lr=1e-3,3e-3
+  aexp lr-find model=conv dataset=mnist
   aexp render outputs/2026-01-01/12-00-00
 """
 
@@ -24,7 +26,12 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _train(argv: list[str]) -> int:
+# Commands that compose a run config from the same Hydra overrides: "module:function", called
+# as function(cfg, run_dir). The function's name is also the run's log file name.
+HYDRA_COMMANDS = {"train": "aexp.train:train", "lr-find": "aexp.lr_find:lr_find"}
+
+
+def _hydra(command: str, argv: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -38,11 +45,13 @@ def _train(argv: list[str]) -> int:
     def app(cfg):
         from pathlib import Path
 
-        from aexp.train import train
+        import importlib
+        module, function = HYDRA_COMMANDS[command].split(":")
+        task = getattr(importlib.import_module(module), function)
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
         try:
-            return train(cfg, run_dir)
+            return task(cfg, run_dir)
         except AexpError as e:
             print(f"aexp: error: {e}", file=sys.stderr)
             status["code"] = 2
@@ -50,7 +59,8 @@ def _train(argv: list[str]) -> int:
                 sys.exit(2)
             (run_dir / "FAILED").write_text(f"{e}\n")  # the sweep goes on; the job is marked
 
-    sys.argv = ["aexp train", *argv]
+    job_name = HYDRA_COMMANDS[command].split(":")[1]
+    sys.argv = [f"aexp {command}", *argv, f"hydra.job.name={job_name}"]
     app()
     return status["code"]
 
@@ -61,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        return _train(rest)
+    if command in HYDRA_COMMANDS:
+        return _hydra(command, rest)
     commands = {"render": "aexp.render"}
     if command not in commands:
-        print(f"aexp: unknown command '{command}' (choose from: train, {', '.join(commands)}; "
+        print(f"aexp: unknown command '{command}' (choose from: {', '.join([*HYDRA_COMMANDS, *commands])}; "
               f"see aexp --help)", file=sys.stderr)
         return 2
     import importlib
