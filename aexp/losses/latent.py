@@ -47,7 +47,7 @@ class Contractive(Term):
     respect to the weights: a penalty on a detached Jacobian would train nothing. One backward
     pass per code unit, so codes wider than `max_latent` are refused."""
 
-    def __init__(self, weight: float = 1.0, max_latent: int = 256):
+    def __init__(self, weight: float = 1.0, max_latent: int = 32):
         super().__init__(weight)
         self.max_latent = max_latent
 
