@@ -38,8 +38,9 @@ def cb_log_norm(lam: torch.Tensor, taylor_band: float = 1e-2) -> torch.Tensor:
     t = 1 - 2 lambda (error below t^6/7 ~ 1e-14 there)."""
     t = 1.0 - 2.0 * lam
     near = t.abs() < 2 * taylor_band
-    t_far = torch.where(near, torch.full_like(t, 0.5), t)   # keeps the unused branch finite
-    exact = torch.log(2.0 * torch.atanh(t_far) / t_far)
+    lam_far = torch.where(near, torch.full_like(lam, 0.25), lam)  # keeps the unused branch finite
+    # 2 artanh(1 - 2 lam) = log((1 - lam) / lam), written with log1p: exact near 0 and 1 too
+    exact = torch.log((torch.log1p(-lam_far) - torch.log(lam_far)) / (1.0 - 2.0 * lam_far))
     t2 = t * t
     series = math.log(2.0) + torch.log1p(t2 / 3.0 + t2 * t2 / 5.0)
     return torch.where(near, series, exact)
