@@ -145,3 +145,111 @@ def test_serve_on_localhost(mnist_run):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# --- the page in a real browser -------------------------------------------------------------
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1100,900")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    import shutil
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("no headless Chromium here (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    yield driver
+    driver.quit()
+
+
+def _pixels(driver, canvas_id) -> np.ndarray:
+    """The RGB pixels a panel canvas holds (panels keep their image at native size)."""
+    w, h, flat = driver.execute_script(
+        "const c = document.getElementById(arguments[0]);"
+        "return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)];",
+        canvas_id)
+    return np.array(flat, np.uint8).reshape(h, w, 4)[..., :3]
+
+
+def _click_canvas(driver, x, y):
+    """A real mouse click at canvas pixel (x, y) (Selenium offsets count from the centre)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    canvas = driver.find_element("id", "scatter")
+    ActionChains(driver).move_to_element_with_offset(canvas, round(x - 300), round(y - 300)).click().perform()
+
+
+def test_explorer_in_headless_chromium(mnist_run, browser, tmp_path):
+    import time
+
+    from selenium.webdriver.common.keys import Keys
+
+    from aexp.data import mnist
+    from aexp.runs import load_run
+    root, run = mnist_run
+    browser.get((run / "explorer.html").as_uri())
+    for _ in range(200):
+        if browser.execute_script("return document.body.dataset.ready"):
+            break
+        time.sleep(0.05)
+    assert browser.execute_script("return document.body.dataset.ready") == "1", \
+        browser.find_element("id", "meta").text
+
+    # Click two well-separated points of different classes: the panel shows each one's own image.
+    pts = np.array(browser.execute_script("return explorer.points()"))
+    index = browser.execute_script("return explorer.state.samples.test.index")
+    labels = browser.execute_script("return explorer.state.samples.test.label")
+    dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(len(pts)) * 1e9
+    inside = ((pts > 40) & (pts < 560)).all(1)
+    alone = [i for i in np.argsort(-dist.min(1)) if dist[i].min() > 10 and inside[i]]
+    first = alone[0]
+    second = next(i for i in alone if labels[i] != labels[first])
+    test_images = mnist(str(root), val_size=20).test.x
+    shown = []
+    for i in (first, second):
+        _click_canvas(browser, *pts[i])
+        info = browser.find_element("id", "sampleinfo")
+        assert info.get_attribute("data-index") == str(index[i]), info.text
+        assert f"class {labels[i]}" in info.text
+        img = _pixels(browser, "c-target")
+        np.testing.assert_array_equal(img[..., 0], test_images[index[i], 0].numpy())
+        assert _pixels(browser, "c-recon").shape == (28, 28, 3)
+        shown.append(img)
+    assert not np.array_equal(*shown)
+
+    # Click empty space: a decoded image appears, the decoder's output at the latent it names.
+    ys, xs = np.mgrid[60:540:12, 60:540:12]
+    cand = np.stack([xs.ravel(), ys.ravel()], 1)
+    gap = np.linalg.norm(cand[:, None] - pts[None], axis=-1).min(1)
+    spot = cand[np.argmax(gap)]
+    assert gap.max() > 15
+    _click_canvas(browser, *spot)
+    dec = browser.find_element("id", "decodedinfo")
+    assert dec.text.startswith("decoded at latent"), dec.text
+    z = torch.tensor([json.loads(dec.get_attribute("data-z"))], dtype=torch.float32)
+    decoded = _pixels(browser, "c-decoded")
+    model = load_run(run, device="cpu").model
+    with torch.no_grad():
+        want = (model.decode(z)[0, 0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    assert decoded.shape == (28, 28, 3) and decoded.std() > 1
+    assert np.abs(decoded[..., 0].astype(int) - want).max() <= 1
+
+    # Move the epoch slider to epoch 0: the scatter shows other points.
+    before = browser.execute_script("return document.getElementById('scatter').toDataURL()")
+    browser.find_element("id", "epoch").send_keys(Keys.HOME)
+    assert browser.find_element("id", "viewname").text.startswith("epoch 0 ")
+    after = browser.execute_script("return document.getElementById('scatter').toDataURL()")
+    assert after != before
+    assert len(browser.execute_script("return explorer.points()")) == 16   # the probe set
+
+    shot = tmp_path / "explorer.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
