@@ -114,12 +114,19 @@ def encode_split(run, split, order: np.ndarray, batch: int = 1024) -> dict:
 
 
 def to_rgb(data, x, t, role: str) -> np.ndarray:
-    """uint8 [N, H, W, 3] pictures of model tensors. Data that knows how to show itself (e.g.
-    colourisation: L input + predicted ab) provides `to_rgb(input, tensor, role)`; otherwise
-    1 or 3 channel images are shown as they are, vectors of 3 as one colour, others as a strip."""
+    """uint8 [N, H, W, 3] pictures of model tensors. Data that knows how to show itself provides
+    `to_rgb(input, target_or_prediction)` (colour encodings, colourisation's L + predicted ab);
+    decoded latents have no input, so colourisation gets a mid-grey L. Without it, 1 or 3
+    channel images are shown as they are, vectors of 3 as one colour, others as a grey strip."""
     own = getattr(data, "to_rgb", None)
-    if own is not None:
-        t = own(x, t, role)
+    pipeline = getattr(data, "pipeline", None)
+    if role == "input":    # what the model sees (L for colourisation), unnormalised
+        t = pipeline.unnormalize(x) if hasattr(pipeline, "unnormalize") else x
+    elif own is not None:
+        if x is None:
+            x = torch.full((len(t), *data.in_shape), 0.5, device=t.device)
+            x = pipeline.normalize(x) if hasattr(pipeline, "normalize") else x
+        t = own(x, t)
     t = t.detach().float().clamp(0, 1).cpu()
     if t.dim() == 2:  # vectors: [N, 3] colours become 1x1 pictures, other sizes a grey strip
         t = t[:, :, None, None] if t.shape[1] == 3 else t[:, None, None, :]
@@ -159,7 +166,7 @@ def fit_budget(order, enc, max_mb: float):
 def pack_samples(data, order, enc, split=None) -> dict:
     split = data.test if split is None else split
     labels = None if split.y is None else split.y[torch.as_tensor(order, device=split.y.device)]
-    same_input = enc.get("input") is None or np.array_equal(enc["input"], enc["target"])
+    same_input = getattr(data, "task", "reconstruct") == "reconstruct"   # input == target
     return {
         "index": order.tolist(),
         "label": None if labels is None else labels.cpu().tolist(),
