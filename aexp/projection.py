@@ -14,6 +14,9 @@ from aexp.errors import ConfigError
 class Raw:
     label = "latent"
 
+    def __init__(self, seed: int = 0):
+        pass  # deterministic; the seed is for t-SNE
+
     def fit(self, z: np.ndarray) -> np.ndarray:
         if z.shape[1] > 2:
             raise ConfigError(f"projection 'raw' needs a latent of at most 2 dimensions, "
@@ -31,7 +34,7 @@ class Raw:
 class PCA:
     label = "PCA"
 
-    def __init__(self, reference: "PCA | None" = None):
+    def __init__(self, reference: "PCA | None" = None, seed: int = 0):
         self.reference = reference   # axes' signs follow it, so successive epochs do not flip
 
     def fit(self, z: np.ndarray) -> np.ndarray:
@@ -87,10 +90,10 @@ class TSNE:
 PROJECTIONS = {"raw": Raw, "pca": PCA, "tsne": TSNE}
 
 
-def choose(name: str, latent_dim: int):
+def choose(name: str, latent_dim: int, seed: int = 0):
     """The projection called `name`; `auto` is raw for latents of 1 or 2 dimensions, else PCA."""
     if name == "auto":
         name = "raw" if latent_dim <= 2 else "pca"
     if name not in PROJECTIONS:
         raise ConfigError(f"unknown projection '{name}' (choose from auto, {', '.join(PROJECTIONS)})")
-    return PROJECTIONS[name]()
+    return PROJECTIONS[name](seed=seed)
