@@ -141,7 +141,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             t0 = time.perf_counter()
             model.train()
             perm = torch.randperm(n, generator=gen).to(device, non_blocking=True)
-            sums = {}
+            sums, shown = {}, 0.0
             for step in range(steps):
                 idx, scale = distributed.shard(perm[step * bs:(step + 1) * bs])
                 x, y = data.batch(data.train, idx, train=True)
@@ -151,10 +151,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 optimizer.step()
                 for k, v in terms.items():      # accumulated on the device: no sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
-                if step % 25 == 0 or step == steps - 1:
+                if time.perf_counter() - shown > 0.5 or step == steps - 1:  # reading the loss syncs
+                    shown = time.perf_counter()
                     progress.update(task, completed=(epoch - 1) * steps + step + 1,
                                     description=f"epoch {epoch}/{epochs}",
                                     info=f"loss {terms['loss'].item():.4g}")
+            train_seconds = time.perf_counter() - t0
             seen = min(steps * bs, n)
             sums = distributed.all_sum(sums)
             train_terms = {k: float(v) / seen for k, v in sums.items()}
@@ -172,7 +174,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             row = {"epoch": epoch, "train_loss": train_terms["loss"], "val_loss": val_terms["loss"]}
             row.update({f"train_{k}": v for k, v in train_terms.items() if k != "loss"})
             row.update({f"val_{k}": v for k, v in val_terms.items() if k != "loss"})
-            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 4))
+            t_frame = time.perf_counter()
+            if frames and epoch % cfg.frames.every == 0:
+                frames.write(model, epoch)
+            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 4),
+                       train_seconds=round(train_seconds, 4),
+                       frame_seconds=round(time.perf_counter() - t_frame, 4))
             rows.append(row)
             if main:
                 write_csv(run_dir / "metrics.csv", rows)
@@ -185,8 +192,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 best = row["val_loss"]
                 if main:
                     checkpoint.save(run_dir / "checkpoints" / "best.pt", state)
-            if frames and epoch % cfg.frames.every == 0:
-                frames.write(model, epoch)
             console.log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train {row['train_loss']:.5g}  "
                         f"val {row['val_loss']:.5g}  lr {lr:.3g}  {row['seconds']:.2f}s")
     total = sum(r["seconds"] for r in rows)
