@@ -186,3 +186,18 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
     wa, wb = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in (single, ddp))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("hydra/launcher=slurm", "max_num_timeout", 10),
+    ("hydra/launcher=slurm", "_target_", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("hydra/sweeper=optuna_sqlite", "storage", "sqlite:///optuna.db"),
+    ("hydra/sweeper=optuna_sqlite", "_target_", "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"),
+])
+def test_cluster_configs_compose_onto_the_plugins(override, key, expected):
+    from hydra import compose, initialize_config_dir
+    from aexp.paths import conf_dir
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[override], return_hydra_config=True)
+    node = cfg.hydra.launcher if "launcher" in override else cfg.hydra.sweeper
+    assert node[key] == expected
