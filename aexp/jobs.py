@@ -94,3 +94,26 @@ def run_job(cfg, run_dir: Path, job_num: int | None = None) -> float:
         mark_finished(cfg, run_dir, row)
     distributed.barrier()   # the other ranks read the objective only once rank 0 has written it
     return objective(cfg, run_dir)
+
+
+def best_trial(sweep_dir: Path) -> tuple[Path | None, dict] | None:
+    """For an Optuna sweep folder: (the job folder of the best trial, optimization_results.yaml),
+    the folder found by matching the best parameters against each job's overrides (None when the
+    best trial ran in an earlier invocation of a continued search). None for other sweeps."""
+    sweep_dir = Path(sweep_dir)
+    results = sweep_dir / "optimization_results.yaml"
+    if not results.is_file():
+        return None
+    best = OmegaConf.to_container(OmegaConf.load(results))
+    for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        given = dict(o.split("=", 1) for o in OmegaConf.load(overrides) if "=" in o)
+        if all(k in given and _same(given[k], v) for k, v in best.get("best_params", {}).items()):
+            return overrides.parent.parent, best
+    return None, best
+
+
+def _same(text: str, value) -> bool:
+    try:
+        return float(text) == float(value)
+    except (TypeError, ValueError):
+        return text == str(value)

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from aexp.errors import ConfigError
-from aexp.jobs import MARKER, finished, objective
+from aexp.jobs import MARKER, best_trial, finished, objective
 from conftest import ROOT, aexp
 
 TINY = ["train.epochs=1", "dataset.n_train=200", "dataset.n_val=50", "frames.probe_size=50"]
@@ -115,6 +115,9 @@ def test_optuna_search_records_objective_and_best_trial(tmp_path):
     best_lr = min(values, key=values.get)
     assert result["best_value"] == pytest.approx(values[best_lr])
     assert result["best_params"]["optimizer.lr"] == pytest.approx(best_lr)
+    folder, recorded = best_trial(sweep)
+    assert recorded == result and objective_of(folder) == pytest.approx(values[best_lr])
+    assert best_trial(tmp_path) is None   # not an Optuna sweep
 
 
 @pytest.mark.slow
