@@ -5,6 +5,8 @@ A frame shows the latents of a fixed probe set from the validation data, coloure
 (or by the sample's own colour for the colours dataset), on axes that stay put between epochs.
 For a 2-D latent it also shows the decoder's output over a grid of latent points.
 Latents of more than two dimensions are projected on a PCA basis fitted once, at epoch 0.
+Each frame's raw probe latents are also kept (`latents_XXXX.npy`, float16; the probe's
+validation indices and labels once in `probe.npz`) for `aexp explore`'s epoch slider.
 """
 import math
 from pathlib import Path
@@ -12,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from aexp.checkpoint import atomic_write
 
 
 # matplotlib's tab10, so frames match the plots made with matplotlib.
@@ -33,6 +37,8 @@ class FrameWriter:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(data.val), generator=g)[:probe_size].to(data.val.x.device)
         self.x = data.batch(data.val, idx)[0]
+        self.probe = {"index": idx.cpu().numpy(),
+                      "label": None if data.val.y is None else data.val.y[idx].cpu().numpy()}
         self.kind = data.kind
         if data.kind == "colors":
             self.colors = (self.x.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
@@ -64,7 +70,16 @@ class FrameWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"epoch_{epoch:04d}.png"
         img.save(path, compress_level=1)
+        self._save_latents(z, epoch)
         return path
+
+    def _save_latents(self, z, epoch: int) -> None:
+        """A few KB per epoch; atomic, because the explorer may read them while training runs."""
+        if epoch == 0 or not (self.out_dir / "probe.npz").is_file():
+            probe = {k: v for k, v in self.probe.items() if v is not None}
+            atomic_write(self.out_dir / "probe.npz", lambda f: np.savez(f, **probe))
+        latents = z.cpu().numpy().astype(np.float16)
+        atomic_write(self.out_dir / f"latents_{epoch:04d}.npy", lambda f: np.save(f, latents))
 
     def _project(self, z):
         if z.shape[1] <= 2:
