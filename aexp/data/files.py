@@ -54,10 +54,11 @@ def _idx_dataset(cls_name, name, root, val_size, seed, download, classes) -> Dat
 
 def read_idx(folder: Path, name: str) -> torch.Tensor:
     """Read an IDX file (uint8 payload) as a tensor. A `.gz` alone is extracted beside itself
-    once (when the folder is writable), so later runs skip the decompression."""
+    once (when the folder is writable), so later runs skip the decompression and read the
+    file straight into the tensor's memory (no copy)."""
     path, gz = folder / name, folder / f"{name}.gz"
     if path.is_file():
-        payload = path.read_bytes()
+        buf = np.fromfile(path, np.uint8)
     else:
         try:
             payload = gzip.decompress(gz.read_bytes())
@@ -67,14 +68,15 @@ def read_idx(folder: Path, name: str) -> torch.Tensor:
             atomic_write(path, lambda f: f.write(payload))
         except OSError:
             pass  # read-only folder: decompress again next time
-    if len(payload) < 4 or payload[:2] != b"\0\0" or payload[2] != 0x08:
+        buf = np.frombuffer(bytearray(payload), np.uint8)
+    if len(buf) < 4 or buf[0] != 0 or buf[1] != 0 or buf[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of bytes")
-    ndim = payload[3]
-    dims = struct.unpack(f">{ndim}I", payload[4:4 + 4 * ndim])
-    data = np.frombuffer(payload, np.uint8, offset=4 + 4 * ndim)
+    ndim = int(buf[3])
+    dims = struct.unpack(f">{ndim}I", buf[4:4 + 4 * ndim].tobytes())
+    data = buf[4 + 4 * ndim:]
     if data.size != math.prod(dims):
         raise DataError(f"{path} is truncated ({data.size} of {math.prod(dims)} bytes)")
-    return torch.from_numpy(data.reshape(dims).copy())
+    return torch.from_numpy(data.reshape(dims))
 
 
 CIFAR_DIR = "cifar-10-batches-py"

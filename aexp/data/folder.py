@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from aexp.checkpoint import atomic_write
-from aexp.data.core import Data, Split
+from aexp.data.core import Data, Split, take
 from aexp.errors import ConfigError, DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -51,7 +51,7 @@ def image_folder(root: str, size=64, mode: str = "rgb", fit: str = "crop", label
     x = _decoded(folder, files, hw, MODES[mode], fit, cache, cache_dir)
     y, classes = _labels(folder, files) if labels else (None, [])
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    pick = lambda idx: Split(x[idx], None if y is None else y[idx])
+    pick = lambda idx: Split(take(x, idx), take(y, idx))
     test, val, train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
     return Data(f"image_folder:{folder.name}", "image", pick(train), pick(val), pick(test),
                 num_classes=len(classes) or None, classes=classes)
