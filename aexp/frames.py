@@ -36,12 +36,12 @@ class FrameWriter:
         self.size, self.grid = size, grid
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(data.val), generator=g)[:probe_size].to(data.val.x.device)
-        self.x = data.batch(data.val, idx)[0]
+        self.x, target = data.batch(data.val, idx)
         self.probe = {"index": idx.cpu().numpy(),
                       "label": None if data.val.y is None else data.val.y[idx].cpu().numpy()}
-        self.kind = data.kind
-        if data.kind == "colors":
-            self.colors = (self.x.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+        self.kind, self.task, self.decode = data.kind, data.task, data.decode
+        if data.kind == "colors":   # a colour's own RGB, whatever encoding the model sees
+            self.colors = (data.to_rgb(self.x, target).cpu().numpy() * 255).astype(np.uint8)
         elif data.val.y is not None:
             self.colors = PALETTE[data.val.y[idx].cpu().numpy() % len(PALETTE)]
         else:
@@ -57,7 +57,7 @@ class FrameWriter:
         p = self._project(z)
         self._update_limits(p, getattr(model, "latent_range", None))
         panels = [self._scatter(p.cpu().numpy())]
-        if z.shape[1] == 2:
+        if z.shape[1] == 2 and self.task == "reconstruct":   # other tasks decode no whole sample
             panels.append(self._decoded_plane(model, z.device))
         model.train(was_training)
         frame = np.full((self.size + 2 * MARGIN, len(panels) * (self.size + 2 * MARGIN), 3),
@@ -129,7 +129,7 @@ class FrameWriter:
             n = 100
             xs, ys = torch.linspace(x0, x1, n), torch.linspace(y1, y0, n)
             grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
-            rgb = model.decode(grid.to(device)).float().clamp(0, 1).reshape(n, n, 3)
+            rgb = self.decode(model.decode(grid.to(device)).float()).clamp(0, 1).reshape(n, n, 3)
             img = (rgb.cpu().numpy() * 255).astype(np.uint8)
         else:                       # a mosaic of decoded images
             n = self.grid
