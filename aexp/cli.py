@@ -9,6 +9,7 @@ commands:
   train   [overrides]   train one run (Hydra overrides; -m/--multirun sweeps; --help for config help)
   lr-find [overrides]   sweep the learning rate over a few hundred steps; plot + suggested lr
   render  RUN_DIR       turn a run's latent frames into latent.mp4 (--fps, --out, --gif)
+  explore RUN_DIR       write RUN_DIR/explorer.html, a page to click around the latent space (--serve)
 
 examples:
   aexp train
@@ -16,6 +17,7 @@ examples:
   aexp train -m optimizer.lr=1e-3,3e-3
   aexp lr-find model=conv dataset=mnist
   aexp render outputs/2026-01-01/12-00-00
+  aexp explore outputs/2026-01-01/12-00-00 --projection tsne
 """
 
 
@@ -26,9 +28,10 @@ def _fail(message: str) -> int:
     return 2
 
 
-# Commands that compose a run config from the same Hydra overrides: "module:function", called
-# as function(cfg, run_dir). The function's name is also the run's log file name.
-HYDRA_COMMANDS = {"train": "aexp.train:train", "lr-find": "aexp.lr_find:lr_find"}
+# Commands that compose a run config from the same Hydra overrides: ("module:function", log
+# name); the function is called as function(cfg, run_dir, job_num=...).
+HYDRA_COMMANDS = {"train": ("aexp.jobs:run_job", "train"),
+                  "lr-find": ("aexp.lr_find:lr_find", "lr_find")}
 
 
 def _hydra(command: str, argv: list[str]) -> int:
@@ -43,25 +46,31 @@ def _hydra(command: str, argv: list[str]) -> int:
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
     def app(cfg):
+        import importlib
         from pathlib import Path
 
-        import importlib
-        module, function = HYDRA_COMMANDS[command].split(":")
+        from aexp import distributed
+        module, function = HYDRA_COMMANDS[command][0].split(":")
         task = getattr(importlib.import_module(module), function)
         hc = HydraConfig.get()
-        run_dir = Path(hc.runtime.output_dir)
-        try:
-            return task(cfg, run_dir)
+        run_dir = distributed.agree(Path(hc.runtime.output_dir))
+        multirun = hc.mode == RunMode.MULTIRUN
+        try:   # returns the objective: what a sweeper such as Optuna optimises
+            return task(cfg, run_dir, job_num=hc.job.num if multirun else None)
         except AexpError as e:
             print(f"aexp: error: {e}", file=sys.stderr)
             status["code"] = 2
-            if hc.mode != RunMode.MULTIRUN:
+            if not multirun:
                 sys.exit(2)
             (run_dir / "FAILED").write_text(f"{e}\n")  # the sweep goes on; the job is marked
 
-    job_name = HYDRA_COMMANDS[command].split(":")[1]
-    sys.argv = [f"aexp {command}", *argv, f"hydra.job.name={job_name}"]
-    app()
+    from aexp import distributed
+    job_name = HYDRA_COMMANDS[command][1]
+    sys.argv = [f"aexp {command}", *argv, *distributed.hydra_overrides(), f"hydra.job.name={job_name}"]
+    try:
+        app()
+    finally:
+        distributed.shutdown()
     return status["code"]
 
 
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command in HYDRA_COMMANDS:
         return _hydra(command, rest)
-    commands = {"render": "aexp.render"}
+    commands = {"render": "aexp.render", "explore": "aexp.explore"}
     if command not in commands:
         print(f"aexp: unknown command '{command}' (choose from: {', '.join([*HYDRA_COMMANDS, *commands])}; "
               f"see aexp --help)", file=sys.stderr)

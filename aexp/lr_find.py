@@ -52,7 +52,7 @@ def plot(path: Path, lrs, losses, smoothed, best_lr: float) -> None:
     plt.close(fig)
 
 
-def lr_find(cfg, run_dir: Path) -> float:
+def lr_find(cfg, run_dir: Path, job_num=None) -> float:
     from aexp.train import build, build_parts, check_config, console, preflight, resolve_device
     from aexp.train import seed_everything
     run_dir = Path(run_dir)

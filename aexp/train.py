@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from aexp import checkpoint, loop
+from aexp import checkpoint, distributed, loop
 from aexp.errors import AexpError, ConfigError, TrainingDiverged, unwrap
 from aexp.frames import FrameWriter
 from aexp.metrics import write_csv
@@ -47,9 +47,9 @@ def seed_everything(seed: int) -> None:
 
 
 def build_parts(cfg, device) -> tuple:
-    """Data (resident on `device`), model and loss of a run config: what training, evaluation
-    and every command that loads a finished run share."""
-    data = build(cfg.dataset).to(device)
+    """Data (resident on `device`, with the run's task and corruption), model and loss of a
+    run config: what training, evaluation and every command that loads a finished run share."""
+    data = build(cfg.dataset).prepare(build(cfg.task), build(cfg.corruption)).to(device)
     model = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape).to(device)
     return data, model, build(cfg.loss)
 
@@ -112,7 +112,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train one run into `run_dir`; return the final metrics row."""
     run_dir = Path(run_dir)
     check_config(cfg)
-    device = resolve_device(cfg.device)
+    device = distributed.place(resolve_device(cfg.device))
+    console.quiet = not distributed.is_main()   # under torchrun, rank 0 speaks for all
     seed_everything(cfg.seed)
 
     data, model, loss_fn = build_parts(cfg, device)
@@ -126,8 +127,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     console.print(f"[bold]aexp[/] {type(model).__name__} ({n_params:,} parameters) on "
                   f"{data.name} ({len(data.train)} train / {len(data.val)} val) · {device} · "
                   f"run folder {run_dir}")
+    main = distributed.is_main()   # only rank 0 writes frames, metrics and checkpoints
     frames = FrameWriter(data, run_dir / "frames", probe_size=cfg.frames.probe_size,
-                         size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled else None
+                         size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled and main else None
     if frames:
         frames.write(model, 0)
 
@@ -135,6 +137,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)   # data order, saved in checkpoints
     bs, n, done = cfg.train.batch_size, len(data.train), 0
     rows, best = [], float("inf")
+    net = distributed.wrap(model, n, bs)   # DDP under torchrun, else the model itself
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     with progress:
@@ -144,14 +147,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             model.train()
             loop.start_epoch(model, loss_fn, epoch)
             size = loop.progressive_size(cfg.train.get("progressive"), epoch)
+            data.new_epoch(gen)                 # fresh samples, for datasets drawn per epoch
             perm = torch.randperm(n, generator=gen).to(device, non_blocking=True)
             sums, shown = {}, 0.0
             for step in range(min(steps, total_steps - done)):
-                idx = perm[step * bs:(step + 1) * bs]
+                idx, scale = distributed.shard(perm[step * bs:(step + 1) * bs])
                 x, y = loop.resize(*data.batch(data.train, idx, train=True), size)
-                terms = loss_fn(model(x), x, y, model, labels=loop.labels(data.train, idx))
+                terms = loss_fn(net(x), x, y, model, labels=loop.labels(data.train, idx))
                 optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
+                (terms["loss"] * scale if scale != 1.0 else terms["loss"]).backward()
                 loop.clip_gradients(model, cfg.train.get("grad_clip"))
                 optimizer.step()
                 done += 1
@@ -167,6 +171,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                                     info=f"loss {terms['loss'].item():.4g}")
             train_seconds = time.perf_counter() - t0
             seen = min((step + 1) * bs, n)
+            sums = distributed.all_sum(sums)
             train_terms = {k: float(v) / seen for k, v in sums.items()}
             val_terms = evaluate(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
             bad = {k: v for k, v in {**train_terms, **val_terms}.items() if not np.isfinite(v)}
@@ -189,14 +194,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                        train_seconds=round(train_seconds, 4),
                        frame_seconds=round(time.perf_counter() - t_frame, 4))
             rows.append(row)
-            write_csv(run_dir / "metrics.csv", rows)
+            if main:
+                write_csv(run_dir / "metrics.csv", rows)
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(gen),
                      "config": config, "metrics": row, "best_val_loss": min(best, row["val_loss"])}
-            checkpoint.save(run_dir / "checkpoints" / "last.pt", state)
+            if main:
+                checkpoint.save(run_dir / "checkpoints" / "last.pt", state)
             if row["val_loss"] < best:
                 best = row["val_loss"]
-                checkpoint.save(run_dir / "checkpoints" / "best.pt", state)
+                if main:
+                    checkpoint.save(run_dir / "checkpoints" / "best.pt", state)
             console.log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train {row['train_loss']:.5g}  "
                         f"val {row['val_loss']:.5g}  lr {lr:.3g}  {row['seconds']:.2f}s")
     total = sum(r["seconds"] for r in rows)
