@@ -138,16 +138,20 @@ def test_lr_find_writes_plot_and_suggests_an_lr(tmp_path):
     assert (run / "lr_find.png").stat().st_size > 1000
 
 
+MNIST = ["dataset=mnist", "dataset.val_size=20", "dataset.root={root}"]
+
+
 @pytest.mark.parametrize("overrides,message", [
-    (["model=linear"], "expects 3 input features"),
-    (["model=pooling_cnn", "model.pooling=3", "model.in_channels=3"], "in_channels=3"),
-    (["model=conv", "model.channels=[4,4,4,4,4]"], "5 downsampling levels shrink a 28x28"),
-    (["model=mlp", "loss=vae"], "needs a VAE"),
+    (["model=linear", *MNIST], "expects 3 input features"),     # a 3-d colour model on MNIST
+    (["model=pooling_cnn", "model.pooling=3", "dataset=digits"], "3 downsampling levels shrink a 8x8"),
+    (["model=pooling_cnn", "model.pooling=3", "model.in_channels=3", *MNIST], "in_channels=3"),
+    (["model=conv", "model.channels=[4,4,4,4,4]", *MNIST], "5 downsampling levels shrink a 28x28"),
+    (["model=mlp", "loss=vae", *MNIST], "needs a VAE"),
 ])
 def test_incompatible_combinations_fail_before_training(tmp_path, tiny_mnist, overrides, message):
     run = tmp_path / "run"
-    proc = aexp("train", *overrides, "dataset=mnist", f"dataset.root={tiny_mnist}", "dataset.val_size=20",
-                f"hydra.run.dir={run}", check=False)
+    overrides = [o.format(root=tiny_mnist) for o in overrides]
+    proc = aexp("train", *overrides, f"hydra.run.dir={run}", check=False)
     assert proc.returncode == 2
     err = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(err) == 1 and err[0].startswith("aexp: error:") and message in err[0], proc.stderr
