@@ -197,7 +197,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             if main:
                 write_csv(run_dir / "metrics.csv", rows)
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(gen),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": done,
+                     "rng": rng_state(gen),
                      "config": config, "metrics": row, "best_val_loss": min(best, row["val_loss"])}
             if main:
                 checkpoint.save(run_dir / "checkpoints" / "last.pt", state)

@@ -21,7 +21,7 @@ def test_max_steps_and_one_cycle_step_per_batch(compose_cfg, tmp_path):
     train(cfg, tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     # 200 samples / 64 = 4 steps per epoch (the remainder of 8 is a batch): 7 steps = 2 epochs
-    assert state["epoch"] == 2
+    assert state["epoch"] == 2 and state["step"] == 7
     assert state["scheduler"]["last_epoch"] == 7 and state["scheduler"]["total_steps"] == 7
     assert all(s["step"] == 7 for s in state["optimizer"]["state"].values())
     assert len(list(csv.DictReader(open(tmp_path / "metrics.csv")))) == 2
@@ -156,3 +156,23 @@ def test_incompatible_combinations_fail_before_training(tmp_path, tiny_mnist, ov
     err = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(err) == 1 and err[0].startswith("aexp: error:") and message in err[0], proc.stderr
     assert not (run / "checkpoints").exists()
+
+
+def test_perceptual_loss_from_a_run_aexp_trained(compose_cfg, tmp_path, tiny_mnist):
+    """Without VGG weights, the encoder of an aexp run supplies the features."""
+    from aexp.losses import Perceptual
+    from aexp.models import Output
+    cfg = compose_cfg(["model=conv", "model.channels=[4,8]", "dataset=mnist", f"dataset.root={tiny_mnist}",
+                       "dataset.val_size=20", "train.epochs=1", "frames.enabled=false"])
+    train(cfg, tmp_path / "features")
+    term = Perceptual(features_run=str(tmp_path / "features"), layers={"stage1": 1.0, "stage2": 0.5},
+                      style_weight=1.0)
+    y = torch.rand(2, 1, 28, 28)
+    x_hat = torch.rand(2, 1, 28, 28, requires_grad=True)
+    v = term(Output(x_hat, None, {}), y, y, None, "mean")
+    assert v.shape == (2,) and (v > 0).all()
+    v.sum().backward()
+    assert x_hat.grad.abs().sum() > 0
+    assert term(Output(y, None, {}), y, y, None, "mean").abs().max() == 0
+    with pytest.raises(ConfigError, match="exactly one feature network"):
+        Perceptual()

@@ -122,3 +122,24 @@ def test_model_loss_size(compose_cfg, vgg_file, model, shapes, loss):
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
     assert all(torch.isfinite(g).all() for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "nearest", "shuffle"])
+@pytest.mark.parametrize("hw", [(28, 28), (32, 32), (218, 178), (9, 7)])
+def test_every_upsampling_comes_back_at_the_input_size(compose_cfg, upsample, hw):
+    cfg = compose_cfg(["model=conv", "model.channels=[4,4]", f"model.upsample={upsample}"])
+    net = build(cfg.model, in_shape=(3, *hw), out_shape=(3, *hw))
+    x = torch.rand(2, 3, *hw)
+    out = net(x)
+    assert out.x_hat.shape == x.shape
+    out.x_hat.sum().backward()
+    assert net.encoder[0][0].weight.grad.abs().sum() > 0
+
+
+def test_shuffle_upsampling_starts_as_nearest_upsampling():
+    """ICNR: the four sub-pixel outputs of every input pixel start equal (before the blur)."""
+    from aexp.models.blocks import ShuffleUp
+    up = ShuffleUp(3, 2)
+    y = up.shuffle(up.conv(torch.rand(1, 3, 5, 5)))
+    torch.testing.assert_close(y[..., 0::2, 0::2], y[..., 1::2, 1::2])
+    torch.testing.assert_close(y[..., 0::2, 0::2], y[..., 0::2, 1::2])

@@ -84,6 +84,7 @@ class ShuffleUp(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out * 4, 3, 1, 1)
         icnr_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)      # equal biases too, or the sub-pixels start apart
         self.shuffle = nn.PixelShuffle(2)
         self.blur = nn.Sequential(nn.ReplicationPad2d((1, 0, 1, 0)), nn.AvgPool2d(2, stride=1))
 
