@@ -17,11 +17,21 @@ examples:
 """
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
+    """Print one line for the exception being handled; AEXP_DEBUG=1 re-raises it instead."""
     print(f"aexp: error: {message}", file=sys.stderr)
     if os.environ.get("AEXP_DEBUG"):
         raise
-    return 2
+    return code
+
+
+def _one_line(e: BaseException) -> str:
+    """Hydra and OmegaConf errors span several lines (and a cause): fold them into one."""
+    text = " ".join(str(e).split()).split(" Config search path:")[0]
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        text += f" ({str(cause).strip().splitlines()[0]})"
+    return text or type(e).__name__
 
 
 def _train(argv: list[str]) -> int:
@@ -29,7 +39,7 @@ def _train(argv: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from aexp.errors import AexpError
+    from aexp.errors import AexpError, Interrupted
     from aexp.paths import conf_dir
 
     status = {"code": 0}
@@ -45,13 +55,25 @@ def _train(argv: list[str]) -> int:
             return train(cfg, run_dir)
         except AexpError as e:
             print(f"aexp: error: {e}", file=sys.stderr)
-            status["code"] = 2
-            if hc.mode != RunMode.MULTIRUN:
-                sys.exit(2)
+            status["code"] = e.exit_code
+            if hc.mode != RunMode.MULTIRUN or isinstance(e, Interrupted):
+                sys.exit(e.exit_code)
             (run_dir / "FAILED").write_text(f"{e}\n")  # the sweep goes on; the job is marked
 
-    sys.argv = ["aexp train", *argv]
-    app()
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from aexp import resume
+    try:
+        sys.argv = ["aexp train", *resume.argv_for(argv)]
+        # Hydra prints its own errors over several lines and exits 1; with this set it raises
+        # them instead, and they become one line and exit code 2 like every other user error.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        app()
+    except AexpError as e:
+        return _fail(str(e), e.exit_code)
+    except (HydraException, OmegaConfBaseException) as e:
+        return _fail(_one_line(e))
     return status["code"]
 
 
@@ -74,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(commands[command]).main(rest)
     except AexpError as e:
-        return _fail(str(e))
+        return _fail(str(e), e.exit_code)
 
 
 if __name__ == "__main__":

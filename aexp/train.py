@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from aexp import checkpoint
-from aexp.errors import AexpError, ConfigError, TrainingDiverged, unwrap
+from aexp import checkpoint, faults, resume, validate
+from aexp.errors import AexpError, ConfigError, Interrupted, TrainingDiverged, unwrap
 from aexp.frames import FrameWriter
 from aexp.metrics import write_csv
 
@@ -54,6 +54,7 @@ def build_parts(cfg, device) -> tuple:
 
 
 def check_config(cfg) -> None:
+    validate.check(cfg)   # unknown keys, wrong types, values below their minimum
     t = cfg.train
     if t.epochs < 1:
         raise ConfigError(f"train.epochs must be at least 1, got {t.epochs}")
@@ -66,7 +67,7 @@ def check_config(cfg) -> None:
 def preflight(model, loss_fn, data) -> None:
     """One forward and loss on two samples, so a model that cannot take the data's shape, or a
     loss that does not fit the model, fails before any work with one clear line."""
-    x, y = data.batch(data.train, torch.arange(2, device=data.train.x.device))
+    x, y = data.batch(data.train, torch.arange(min(2, len(data.train)), device=data.train.x.device))
     try:
         with torch.no_grad():
             out = model(x)
@@ -96,23 +97,27 @@ def evaluate(model, loss_fn, data, split, batch_size: int) -> dict:
     return {k: float(v) / n for k, v in sums.items()}
 
 
-def rng_state(gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train one run into `run_dir`; return the final metrics row."""
+    """Train one run into `run_dir`, or continue it from its last checkpoint (see aexp.resume);
+    return the final metrics row."""
     run_dir = Path(run_dir)
     check_config(cfg)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    resume_from = resume.checkpoint_path(cfg, run_dir)
+    saved = checkpoint.load(resume_from) if resume_from else None
+    if saved:
+        resume.check_same_config(saved["config"], config, resume_from)
 
     data, model, loss_fn = build_parts(cfg, device)
     optimizer = build(cfg.optimizer, params=model.parameters())
     scheduler = build(cfg.schedule, optimizer=optimizer)
+    epochs, bs, n = cfg.train.epochs, cfg.train.batch_size, len(data.train)
+    # A final batch of one sample would break BatchNorm in training mode: fold it away.
+    steps = n // bs + (1 if n % bs > 1 else 0)
+    if steps < 1:
+        raise ConfigError(f"the training split of {n} sample(s) gives no batch; use more data")
     preflight(model, loss_fn, data)
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -121,45 +126,68 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                   f"run folder {run_dir}")
     frames = FrameWriter(data, run_dir / "frames", probe_size=cfg.frames.probe_size,
                          size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled else None
-    if frames:
+    gen = torch.Generator().manual_seed(cfg.seed)   # data order, saved in checkpoints
+    start, rows, best, partial = 0, [], float("inf"), None
+    if saved:
+        start, rows, best, partial = resume.restore(saved, model=model, optimizer=optimizer,
+                                                    scheduler=scheduler, gen=gen, frames=frames)
+        write_csv(run_dir / "metrics.csv", rows)   # drop a row written after the checkpoint
+        console.print(f"resuming from {resume_from} after epoch {start}"
+                      + (f", step {partial['step']}" if partial else ""))
+    elif frames:
         frames.write(model, 0)
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    gen = torch.Generator().manual_seed(cfg.seed)   # data order, saved in checkpoints
-    epochs, bs, n = cfg.train.epochs, cfg.train.batch_size, len(data.train)
-    # A final batch of one sample would break BatchNorm in training mode: fold it away.
-    steps = n // bs + (1 if n % bs > 1 else 0)
-    rows, best = [], float("inf")
+    last_pt = run_dir / "checkpoints" / "last.pt"
+    state = lambda epoch, partial=None: resume.training_state(
+        epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, gen=gen, frames=frames,
+        history=rows, best=best, config=config, partial=partial)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-    with progress:
-        task = progress.add_task("epoch", total=epochs * steps, info="")
-        for epoch in range(1, epochs + 1):
+    with progress, faults.StopSignals() as stop:
+        task = progress.add_task("epoch", total=epochs * steps, info="", completed=start * steps)
+        for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            perm = torch.randperm(n, generator=gen).to(device, non_blocking=True)
-            sums = {}
-            for step in range(steps):
+            perm, first, sums, seen, skipped = resume.epoch_start(partial, n, gen, device)
+            partial = None
+            for step in range(first, steps):
+                if stop:    # a safe point: save everything, including this epoch's progress
+                    checkpoint.save(last_pt, state(epoch - 1, {
+                        "step": step, "perm": perm.cpu(), "seen": seen, "skipped": skipped,
+                        "sums": {k: v.detach().cpu() for k, v in sums.items()}}))
+                    raise Interrupted(f"stopped by {stop.name} at epoch {epoch}, step {step} of "
+                                      f"{steps}; checkpoint saved to {last_pt}; resume with: "
+                                      f"aexp train resume={run_dir}", stop.signum)
                 idx = perm[step * bs:(step + 1) * bs]
                 x, y = data.batch(data.train, idx, train=True)
                 terms = loss_fn(model(x), x, y, model)
+                if not faults.finite(terms["loss"]):
+                    if not cfg.train.skip_nonfinite:
+                        raise TrainingDiverged(
+                            f"loss is not finite at epoch {epoch}, step {step} "
+                            f"({faults.describe_terms(terms)}); the last good checkpoint is "
+                            f"{last_pt if last_pt.is_file() else 'none (no epoch finished)'}")
+                    skipped += 1    # train.skip_nonfinite: this batch does not update the weights
+                    continue
                 optimizer.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 optimizer.step()
+                seen += len(idx)
                 for k, v in terms.items():      # accumulated on the device: no sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
                 if step % 25 == 0 or step == steps - 1:
                     progress.update(task, completed=(epoch - 1) * steps + step + 1,
                                     description=f"epoch {epoch}/{epochs}",
                                     info=f"loss {terms['loss'].item():.4g}")
-            seen = min(steps * bs, n)
+            if seen == 0:
+                raise TrainingDiverged(f"every batch of epoch {epoch} had a non-finite loss")
             train_terms = {k: float(v) / seen for k, v in sums.items()}
             val_terms = evaluate(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
             bad = {k: v for k, v in {**train_terms, **val_terms}.items() if not np.isfinite(v)}
             if bad:
                 raise TrainingDiverged(
-                    f"loss is not finite at epoch {epoch} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
-                    f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.pt'}")
+                    f"loss is not finite at the end of epoch {epoch} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
+                    f"the last good checkpoint is {last_pt}")
             lr = optimizer.param_groups[0]["lr"]
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val_terms["loss"])
@@ -168,21 +196,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             row = {"epoch": epoch, "train_loss": train_terms["loss"], "val_loss": val_terms["loss"]}
             row.update({f"train_{k}": v for k, v in train_terms.items() if k != "loss"})
             row.update({f"val_{k}": v for k, v in val_terms.items() if k != "loss"})
+            if cfg.train.skip_nonfinite:
+                row["skipped_batches"] = skipped
             row.update(lr=lr, seconds=round(time.perf_counter() - t0, 4))
             rows.append(row)
+            # Order matters for a kill at any moment: everything an epoch writes comes before
+            # last.pt, the commit point; a run killed earlier redoes the epoch and rewrites it.
             write_csv(run_dir / "metrics.csv", rows)
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(gen),
-                     "config": config, "metrics": row, "best_val_loss": min(best, row["val_loss"])}
-            checkpoint.save(run_dir / "checkpoints" / "last.pt", state)
-            if row["val_loss"] < best:
-                best = row["val_loss"]
-                checkpoint.save(run_dir / "checkpoints" / "best.pt", state)
             if frames and epoch % cfg.frames.every == 0:
                 frames.write(model, epoch)
+            improved = row["val_loss"] < best
+            best = min(best, row["val_loss"])
+            if improved:
+                checkpoint.save(run_dir / "checkpoints" / "best.pt", state(epoch))
+            checkpoint.save(last_pt, state(epoch))
             console.log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train {row['train_loss']:.5g}  "
                         f"val {row['val_loss']:.5g}  lr {lr:.3g}  {row['seconds']:.2f}s")
     total = sum(r["seconds"] for r in rows)
-    console.print(f"[bold green]done[/] {epochs} epochs in {total:.1f}s · best val loss {best:.5g} · "
+    console.print(f"[bold green]done[/] {len(rows)} epochs in {total:.1f}s · best val loss {best:.5g} · "
                   f"{run_dir}")
     return rows[-1]
