@@ -52,8 +52,10 @@ def _train(argv: list[str]) -> int:
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
         try:
-            return train(cfg, run_dir)
+            return train(cfg, run_dir, overrides=list(hc.overrides.task))
         except AexpError as e:
+            if os.environ.get("AEXP_DEBUG"):
+                raise
             print(f"aexp: error: {e}", file=sys.stderr)
             status["code"] = e.exit_code
             if hc.mode != RunMode.MULTIRUN or isinstance(e, Interrupted):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from aexp import checkpoint
 from aexp.errors import CheckpointError, ConfigError
 
 # Config keys a resumed run may change: where it continues from, how long it goes on, where.
@@ -21,9 +22,11 @@ def _disabled(value) -> bool:
 
 
 def argv_for(argv: list[str]) -> list[str]:
-    """Command-line overrides for `aexp train ... resume=RUN_DIR`: the run's original overrides
-    (`RUN_DIR/.hydra/overrides.yaml`) first and the new ones after (later wins), and Hydra writes
-    into RUN_DIR, so `aexp train resume=RUN_DIR` alone recomposes the run's own config."""
+    """Command-line overrides for `aexp train ... resume=RUN_DIR`: the run's own overrides first
+    and the new ones after (later wins), and Hydra writes into RUN_DIR, so `aexp train
+    resume=RUN_DIR` alone recomposes the run's own config. The run's overrides come from its
+    checkpoint, written only once a run was accepted (Hydra rewrites .hydra/overrides.yaml at
+    every start, a refused one included); .hydra/overrides.yaml is the fallback."""
     given = [a for a in argv if a.startswith("resume=")]
     value = given[-1].split("=", 1)[1] if given else ""
     if value in ("", "null", "None") or _disabled(value):
@@ -33,13 +36,22 @@ def argv_for(argv: list[str]) -> list[str]:
         raise CheckpointError(f"resume={value}: no such run folder")
     if any(a in ("-m", "--multirun") for a in argv):
         raise ConfigError("resume= continues one run; it cannot be combined with -m/--multirun")
-    saved = folder / ".hydra" / "overrides.yaml"
-    merged = [*(OmegaConf.load(saved) if saved.is_file() else []), *argv]
+    merged = [*_saved_overrides(folder), *argv]
     last = {_key(a): i for i, a in enumerate(merged)}
     merged = [a for i, a in enumerate(merged) if a.startswith("-") or last[_key(a)] == i]
     if "hydra.run.dir" not in last:
         merged.append(f"hydra.run.dir={folder}")
     return merged
+
+
+def _saved_overrides(folder: Path) -> list[str]:
+    ckpt = folder / "checkpoints" / "last.pt"
+    if ckpt.is_file():
+        saved = checkpoint.load(ckpt).get("overrides")
+        if saved is not None:
+            return list(saved)
+    hydra_file = folder / ".hydra" / "overrides.yaml"
+    return list(OmegaConf.load(hydra_file)) if hydra_file.is_file() else []
 
 
 def _key(override: str) -> str:
@@ -104,14 +116,15 @@ def restore_rng(state: dict, gen: torch.Generator) -> None:
 
 
 def training_state(*, epoch, model, optimizer, scheduler, gen, frames, history, best, config,
-                   partial=None) -> dict:
+                   overrides=(), partial=None) -> dict:
     """A checkpoint's contents after `epoch` finished epochs. `partial` holds the progress of a
-    stopped epoch (its data order, step and running sums), so it continues mid-epoch."""
+    stopped epoch (its data order, step and running sums), so it continues mid-epoch.
+    `overrides` are the command-line overrides the run was composed from (for resume=)."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(gen),
-            "config": config, "metrics": history[-1] if history else None, "history": history,
-            "best_val_loss": best, "frames": frames.state() if frames else None,
-            "partial": partial}
+            "config": config, "overrides": list(overrides), "history": history,
+            "metrics": history[-1] if history else None, "best_val_loss": best,
+            "frames": frames.state() if frames else None, "partial": partial}
 
 
 def restore(state: dict, *, model, optimizer, scheduler, gen, frames) -> tuple:

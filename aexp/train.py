@@ -97,9 +97,9 @@ def evaluate(model, loss_fn, data, split, batch_size: int) -> dict:
     return {k: float(v) / n for k, v in sums.items()}
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     """Train one run into `run_dir`, or continue it from its last checkpoint (see aexp.resume);
-    return the final metrics row."""
+    return the final metrics row. `overrides`: the command line's, kept in checkpoints."""
     run_dir = Path(run_dir)
     check_config(cfg)
     device = resolve_device(cfg.device)
@@ -140,7 +140,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     last_pt = run_dir / "checkpoints" / "last.pt"
     state = lambda epoch, partial=None: resume.training_state(
         epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, gen=gen, frames=frames,
-        history=rows, best=best, config=config, partial=partial)
+        history=rows, best=best, config=config, overrides=overrides, partial=partial)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     with progress, faults.StopSignals() as stop:
