@@ -29,5 +29,10 @@ demo: $(STAMP)
 	$(BIN)/aexp render $$run && \
 	echo "demo animation: $$run/latent.mp4"
 
+# Side-by-side training benchmark (not part of `make test`); real MNIST with
+# `make bench BENCH_ARGS="--root DIR"` where DIR holds MNIST/raw. Writes outputs/bench/.
+bench: $(STAMP)
+	$(BIN)/python -m aexp.bench $(BENCH_ARGS)
+
 clean:
 	rm -rf outputs/demo multirun .pytest_cache

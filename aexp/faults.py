@@ -51,4 +51,4 @@ def finite(loss: torch.Tensor) -> bool:
 
 
 def describe_terms(terms: dict) -> str:
-    return ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in terms.items())
+    return ", ".join(f"{k}={float(torch.as_tensor(v).detach()):.6g}" for k, v in terms.items())

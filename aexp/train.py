@@ -149,7 +149,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
             t0 = time.perf_counter()
             model.train()
             perm, first, sums, seen, skipped = resume.epoch_start(partial, n, gen, device)
-            partial = None
+            partial, shown = None, 0.0
             for step in range(first, steps):
                 if stop:    # a safe point: save everything, including this epoch's progress
                     checkpoint.save(last_pt, state(epoch - 1, {
@@ -175,19 +175,21 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                 seen += len(idx)
                 for k, v in terms.items():      # accumulated on the device: no sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
-                if step % 25 == 0 or step == steps - 1:
+                if time.perf_counter() - shown > 0.5 or step == steps - 1:  # reading the loss syncs
+                    shown = time.perf_counter()
                     progress.update(task, completed=(epoch - 1) * steps + step + 1,
                                     description=f"epoch {epoch}/{epochs}",
                                     info=f"loss {terms['loss'].item():.4g}")
+            train_seconds = time.perf_counter() - t0
             if seen == 0:
                 raise TrainingDiverged(f"every batch of epoch {epoch} had a non-finite loss")
             train_terms = {k: float(v) / seen for k, v in sums.items()}
             val_terms = evaluate(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
             bad = {k: v for k, v in {**train_terms, **val_terms}.items() if not np.isfinite(v)}
             if bad:
-                raise TrainingDiverged(
-                    f"loss is not finite at the end of epoch {epoch} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
-                    f"the last good checkpoint is {last_pt}")
+                raise TrainingDiverged(f"loss is not finite at the end of epoch {epoch} "
+                                       f"({faults.describe_terms(bad)}); the last good "
+                                       f"checkpoint is {last_pt}")
             lr = optimizer.param_groups[0]["lr"]
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val_terms["loss"])
@@ -198,13 +200,17 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
             row.update({f"val_{k}": v for k, v in val_terms.items() if k != "loss"})
             if cfg.train.skip_nonfinite:
                 row["skipped_batches"] = skipped
-            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 4))
-            rows.append(row)
-            # Order matters for a kill at any moment: everything an epoch writes comes before
-            # last.pt, the commit point; a run killed earlier redoes the epoch and rewrites it.
-            write_csv(run_dir / "metrics.csv", rows)
+            t_frame = time.perf_counter()
             if frames and epoch % cfg.frames.every == 0:
                 frames.write(model, epoch)
+            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 4),
+                       train_seconds=round(train_seconds, 4),
+                       frame_seconds=round(time.perf_counter() - t_frame, 4))
+            rows.append(row)
+            # Order matters for a kill at any moment: everything an epoch writes (frame, metrics,
+            # best.pt) comes before last.pt, the commit point; a run killed earlier redoes the
+            # epoch and rewrites them.
+            write_csv(run_dir / "metrics.csv", rows)
             improved = row["val_loss"] < best
             best = min(best, row["val_loss"])
             if improved:

@@ -20,9 +20,9 @@ from aexp.metrics import read_csv
 from conftest import ROOT, aexp
 
 # A VAE (draws noise: the torch RNG must be restored) with a 3-d latent (frames use a PCA basis
-# and growing axes: the frame writer's state must be restored), 100 steps per epoch.
-TINY = ["model=vae", "model.hidden=[16]", "model.latent_dim=3", "dataset.n_train=1000",
-        "dataset.n_val=100", "dataset.n_test=10", "train.batch_size=10", "train.epochs=6",
+# and growing axes: the frame writer's state must be restored), 60 steps per epoch.
+TINY = ["model=vae", "model.hidden=[16]", "model.latent_dim=3", "dataset.n_train=600",
+        "dataset.n_val=100", "dataset.n_test=10", "train.batch_size=10", "train.epochs=5",
         "frames.probe_size=50", "frames.size=48"]
 
 
@@ -58,13 +58,13 @@ def wait_for_epoch(proc, run_dir, epoch: int, timeout: float = 240) -> None:
 def assert_same_run(got, ref) -> None:
     a = checkpoint.load(got / "checkpoints" / "last.pt")
     b = checkpoint.load(ref / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 6 and a["partial"] is None
+    assert a["epoch"] == b["epoch"] == 5 and a["partial"] is None
     for k in b["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     best_a = checkpoint.load(got / "checkpoints" / "best.pt")["model"]
     best_b = checkpoint.load(ref / "checkpoints" / "best.pt")["model"]
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_b)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
     assert strip(read_csv(got / "metrics.csv")) == strip(read_csv(ref / "metrics.csv"))
     frames = sorted(p.name for p in (ref / "frames").glob("*.png"))
     assert sorted(p.name for p in (got / "frames").glob("*.png")) == frames
@@ -102,7 +102,7 @@ def kill_and_restart(run, kills: list[tuple[int, float]]) -> None:
 
 def test_sigkill_at_random_points_then_resume_is_exact(tmp_path, reference):
     rng = random.Random(int(os.environ.get("AEXP_FAULT_SEED", time.time_ns())))
-    kills = sorted((rng.randint(0, 4), rng.uniform(0.0, 0.4)) for _ in range(3))
+    kills = sorted((rng.randint(0, 3), rng.uniform(0.0, 0.3)) for _ in range(3))
     kill_and_restart(tmp_path / "run", kills)
     assert_same_run(tmp_path / "run", reference)
 
@@ -110,7 +110,7 @@ def test_sigkill_at_random_points_then_resume_is_exact(tmp_path, reference):
 @pytest.mark.slow
 def test_many_sigkills_then_resume_is_exact(tmp_path, reference):
     rng = random.Random(int(os.environ.get("AEXP_FAULT_SEED", time.time_ns())))
-    kills = sorted((rng.randint(0, 5), rng.uniform(0.0, 0.6)) for _ in range(8))
+    kills = sorted((rng.randint(0, 4), rng.uniform(0.0, 0.5)) for _ in range(8))
     kill_and_restart(tmp_path / "run", kills)
     assert_same_run(tmp_path / "run", reference)
 
@@ -118,8 +118,8 @@ def test_many_sigkills_then_resume_is_exact(tmp_path, reference):
 def test_sigterm_saves_mid_epoch_and_the_printed_command_resumes_exactly(tmp_path, reference):
     run = tmp_path / "run"
     proc = start(run)
-    wait_for_epoch(proc, run, 2)
-    time.sleep(0.1)
+    wait_for_epoch(proc, run, 1)
+    time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -127,7 +127,7 @@ def test_sigterm_saves_mid_epoch_and_the_printed_command_resumes_exactly(tmp_pat
     line = next(ln for ln in err.splitlines() if "stopped by SIGTERM" in ln)
     assert f"checkpoint saved to {run / 'checkpoints' / 'last.pt'}" in line
     saved = checkpoint.load(run / "checkpoints" / "last.pt")
-    assert saved["partial"] is not None and saved["epoch"] >= 2     # stopped mid-epoch
+    assert saved["partial"] is not None and saved["epoch"] >= 1     # stopped mid-epoch
     command = re.search(r"resume with: (aexp train .*)$", line).group(1).split()
     assert command == ["aexp", "train", f"resume={run}"]
     done = aexp(*command[1:])            # the run's own options come back from its folder
