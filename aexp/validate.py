@@ -29,7 +29,8 @@ KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str
 def defaults() -> tuple[dict, frozenset]:
     """(the run's own settings with their defaults, names of the config groups)."""
     raw = OmegaConf.to_container(OmegaConf.load(conf_dir() / "config.yaml"))
-    groups = {next(iter(d)).split("@")[0].split("/")[-1]
+    # defaults entries look like {"model": "linear"}, {"optional experiment": ...}, {"a/b@pkg": ...}
+    groups = {next(iter(d)).split()[-1].split("@")[0].split("/")[-1]
               for d in raw.pop("defaults", []) if isinstance(d, dict)}
     raw.pop("hydra", None)
     return raw, frozenset(groups)
