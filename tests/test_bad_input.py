@@ -130,6 +130,19 @@ def test_load_run_refuses_missing_truncated_and_foreign_checkpoints(files):
             load_run(files / name, which="last")
 
 
+def test_load_run_refuses_weights_of_another_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    run = tmp_path / "run"
+    assert run_cli(["train", *SMALL, f"hydra.run.dir={run}"], capsys)[0] == 0
+    state = checkpoint.load(run / "checkpoints" / "last.pt")
+    state["model"] = {"encoder.1.weight": torch.zeros(5, 5)}
+    checkpoint.save(run / "checkpoints" / "last.pt", state)
+    with pytest.raises(CheckpointError, match="the checkpoint's weights do not fit its model"):
+        load_run(run, which="last")
+    code, err = run_cli(["train", f"resume={run}", "train.epochs=2"], capsys)
+    assert code == 2 and "checkpoint does not fit this run" in err
+
+
 def test_real_entry_point_gives_one_line_and_debug_shows_the_traceback(tmp_path):
     for args, message in ((["train", "train.epochz=3"], "Could not override 'train.epochz'"),
                           (["train", "train.epochs=-1"], "train.epochs must be at least 1")):
