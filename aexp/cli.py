@@ -48,26 +48,29 @@ def _train(argv: list[str]) -> int:
     def app(cfg):
         from pathlib import Path
 
-        from aexp.train import train
+        from aexp import distributed
+        from aexp.jobs import run_job
         hc = HydraConfig.get()
-        run_dir = Path(hc.runtime.output_dir)
-        try:
-            return train(cfg, run_dir, overrides=list(hc.overrides.task))
+        run_dir = distributed.agree(Path(hc.runtime.output_dir))
+        multirun = hc.mode == RunMode.MULTIRUN
+        try:   # returns the objective: what a sweeper such as Optuna optimises
+            return run_job(cfg, run_dir, job_num=hc.job.num if multirun else None,
+                           overrides=list(hc.overrides.task))
         except AexpError as e:
             if os.environ.get("AEXP_DEBUG"):
                 raise
             print(f"aexp: error: {e}", file=sys.stderr)
             status["code"] = e.exit_code
-            if hc.mode != RunMode.MULTIRUN or isinstance(e, Interrupted):
+            if not multirun or isinstance(e, Interrupted):
                 sys.exit(e.exit_code)
             (run_dir / "FAILED").write_text(f"{e}\n")  # the sweep goes on; the job is marked
 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from aexp import resume
+    from aexp import distributed, resume
     try:
-        sys.argv = ["aexp train", *resume.argv_for(argv)]
+        sys.argv = ["aexp train", *resume.argv_for(argv), *distributed.hydra_overrides()]
         # Hydra prints its own errors over several lines and exits 1; with this set it raises
         # them instead, and they become one line and exit code 2 like every other user error.
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -76,6 +79,8 @@ def _train(argv: list[str]) -> int:
         return _fail(str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
         return _fail(_one_line(e))
+    finally:
+        distributed.shutdown()
     return status["code"]
 
 

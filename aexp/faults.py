@@ -5,14 +5,17 @@ import signal
 import threading
 
 import torch
+import torch.distributed
+
+from aexp import distributed
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopSignals:
     """Context manager: while active, SIGINT and SIGTERM only record themselves; the loop asks
-    `if stop:` at each safe point. A second signal of the same kind acts at once (the previous
-    handler is back), so a stuck run can still be killed with a second Ctrl-C."""
+    `stop.requested()` at each safe point. A second signal of the same kind acts at once (the
+    previous handler is back), so a stuck run can still be killed with a second Ctrl-C."""
 
     def __init__(self):
         self.signum = None
@@ -35,8 +38,13 @@ class StopSignals:
             signal.signal(s, handler)
         return False
 
-    def __bool__(self):
-        return self.signum is not None
+    def requested(self) -> bool:
+        """Whether to stop now. Under DDP the ranks agree (one tiny all-reduce), so they all stop
+        at the same step: a rank stopping alone would leave the others waiting forever."""
+        signum = _agree(self.signum or 0, torch.distributed.ReduceOp.MAX)
+        if signum and self.signum is None:
+            self.signum = signum
+        return bool(signum)
 
     @property
     def name(self) -> str:
@@ -46,8 +54,17 @@ class StopSignals:
 def finite(loss: torch.Tensor) -> bool:
     """Whether a step's loss is finite. This reads the value back to the host (one sync per step
     on a GPU): the price of deciding before `optimizer.step()` whether a batch may update the
-    weights, as AMP's GradScaler does."""
-    return bool(torch.isfinite(loss))
+    weights, as AMP's GradScaler does. Under DDP every rank takes the same decision."""
+    return bool(_agree(int(torch.isfinite(loss)), torch.distributed.ReduceOp.MIN))
+
+
+def _agree(value: int, op) -> int:
+    """`value` reduced over the DDP ranks (itself outside torchrun)."""
+    if not distributed.active():
+        return value
+    t = torch.tensor([value])
+    torch.distributed.all_reduce(t, op=op)
+    return int(t)
 
 
 def describe_terms(terms: dict) -> str:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from aexp import checkpoint, faults, resume, validate
+from aexp import checkpoint, distributed, faults, resume, validate
 from aexp.errors import AexpError, ConfigError, Interrupted, TrainingDiverged, unwrap
 from aexp.frames import FrameWriter
 from aexp.metrics import write_csv
@@ -102,7 +102,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     return the final metrics row. `overrides`: the command line's, kept in checkpoints."""
     run_dir = Path(run_dir)
     check_config(cfg)
-    device = resolve_device(cfg.device)
+    device = distributed.place(resolve_device(cfg.device))
+    console.quiet = not distributed.is_main()   # under torchrun, rank 0 speaks for all
     seed_everything(cfg.seed)
     config = OmegaConf.to_container(cfg, resolve=True)
     resume_from = resume.checkpoint_path(cfg, run_dir)
@@ -124,19 +125,22 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     console.print(f"[bold]aexp[/] {type(model).__name__} ({n_params:,} parameters) on "
                   f"{data.name} ({len(data.train)} train / {len(data.val)} val) · {device} · "
                   f"run folder {run_dir}")
+    main = distributed.is_main()   # only rank 0 writes frames, metrics and checkpoints
     frames = FrameWriter(data, run_dir / "frames", probe_size=cfg.frames.probe_size,
-                         size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled else None
+                         size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled and main else None
     gen = torch.Generator().manual_seed(cfg.seed)   # data order, saved in checkpoints
     start, rows, best, partial = 0, [], float("inf"), None
     if saved:
         start, rows, best, partial = resume.restore(saved, model=model, optimizer=optimizer,
                                                     scheduler=scheduler, gen=gen, frames=frames)
-        write_csv(run_dir / "metrics.csv", rows)   # drop a row written after the checkpoint
+        if main:
+            write_csv(run_dir / "metrics.csv", rows)   # drop a row written after the checkpoint
         console.print(f"resuming from {resume_from} after epoch {start}"
                       + (f", step {partial['step']}" if partial else ""))
     elif frames:
         frames.write(model, 0)
 
+    net = distributed.wrap(model, n, bs)   # DDP under torchrun, else the model itself
     last_pt = run_dir / "checkpoints" / "last.pt"
     state = lambda epoch, partial=None: resume.training_state(
         epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, gen=gen, frames=frames,
@@ -151,16 +155,18 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
             perm, first, sums, seen, skipped = resume.epoch_start(partial, n, gen, device)
             partial, shown = None, 0.0
             for step in range(first, steps):
-                if stop:    # a safe point: save everything, including this epoch's progress
-                    checkpoint.save(last_pt, state(epoch - 1, {
-                        "step": step, "perm": perm.cpu(), "seen": seen, "skipped": skipped,
-                        "sums": {k: v.detach().cpu() for k, v in sums.items()}}))
+                if stop.requested():    # a safe point: save everything, this epoch's progress too
+                    if main:
+                        checkpoint.save(last_pt, state(epoch - 1, {
+                            "step": step, "perm": perm.cpu(), "seen": seen, "skipped": skipped,
+                            "sums": {k: v.detach().cpu() for k, v in sums.items()}}))
                     raise Interrupted(f"stopped by {stop.name} at epoch {epoch}, step {step} of "
                                       f"{steps}; checkpoint saved to {last_pt}; resume with: "
                                       f"aexp train resume={run_dir}", stop.signum)
-                idx = perm[step * bs:(step + 1) * bs]
+                batch = perm[step * bs:(step + 1) * bs]
+                idx, scale = distributed.shard(batch)
                 x, y = data.batch(data.train, idx, train=True)
-                terms = loss_fn(model(x), x, y, model)
+                terms = loss_fn(net(x), x, y, model)
                 if not faults.finite(terms["loss"]):
                     if not cfg.train.skip_nonfinite:
                         raise TrainingDiverged(
@@ -170,9 +176,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                     skipped += 1    # train.skip_nonfinite: this batch does not update the weights
                     continue
                 optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
+                (terms["loss"] * scale if scale != 1.0 else terms["loss"]).backward()
                 optimizer.step()
-                seen += len(idx)
+                seen += len(batch)                # the whole batch: sums are added over ranks
                 for k, v in terms.items():      # accumulated on the device: no sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
                 if time.perf_counter() - shown > 0.5 or step == steps - 1:  # reading the loss syncs
@@ -183,6 +189,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
             train_seconds = time.perf_counter() - t0
             if seen == 0:
                 raise TrainingDiverged(f"every batch of epoch {epoch} had a non-finite loss")
+            sums = distributed.all_sum(sums)
             train_terms = {k: float(v) / seen for k, v in sums.items()}
             val_terms = evaluate(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
             bad = {k: v for k, v in {**train_terms, **val_terms}.items() if not np.isfinite(v)}
@@ -210,12 +217,13 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
             # Order matters for a kill at any moment: everything an epoch writes (frame, metrics,
             # best.pt) comes before last.pt, the commit point; a run killed earlier redoes the
             # epoch and rewrites them.
-            write_csv(run_dir / "metrics.csv", rows)
             improved = row["val_loss"] < best
             best = min(best, row["val_loss"])
-            if improved:
-                checkpoint.save(run_dir / "checkpoints" / "best.pt", state(epoch))
-            checkpoint.save(last_pt, state(epoch))
+            if main:
+                write_csv(run_dir / "metrics.csv", rows)
+                if improved:
+                    checkpoint.save(run_dir / "checkpoints" / "best.pt", state(epoch))
+                checkpoint.save(last_pt, state(epoch))
             console.log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train {row['train_loss']:.5g}  "
                         f"val {row['val_loss']:.5g}  lr {lr:.3g}  {row['seconds']:.2f}s")
     total = sum(r["seconds"] for r in rows)
