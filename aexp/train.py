@@ -136,7 +136,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
         if main:
             write_csv(run_dir / "metrics.csv", rows)   # drop a row written after the checkpoint
         console.print(f"resuming from {resume_from} after epoch {start}"
-                      + (f", step {partial['step']}" if partial else ""))
+                      + (f", step {partial['step']}" if partial else ""), soft_wrap=True)
     elif frames:
         frames.write(model, 0)
 
