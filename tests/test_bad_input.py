@@ -118,6 +118,9 @@ def test_resume_with_other_options_is_refused(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert run_cli(["train", *SMALL, f"hydra.run.dir={run}"], capsys)[0] == 0
     code, err = run_cli(["train", f"resume={run}", "model.hidden=[8]"], capsys)
+    assert code == 2 and "already holds a finished run of a different config" in err
+    (run / "COMPLETED.json").unlink()     # as if killed before the end
+    code, err = run_cli(["train", f"resume={run}", "model.hidden=[8]"], capsys)
     assert code == 2 and "the config differs at model.hidden (checkpoint [], now [8])" in err
     code, err = run_cli(["train", f"resume={run}", "train.epochs=2"], capsys)   # may change
     assert code == 0 and "resuming from" in err
