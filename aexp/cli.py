@@ -8,12 +8,14 @@ USAGE = """usage: aexp <command> [args]
 commands:
   train   [overrides]   train one run (Hydra overrides; -m/--multirun sweeps; --help for config help)
   render  RUN_DIR       turn a run's latent frames into latent.mp4 (--fps, --out, --gif)
+  explore RUN_DIR       write RUN_DIR/explorer.html, a page to click around the latent space (--serve)
 
 examples:
   aexp train
   aexp train model=vae dataset=mnist dataset.root=data train.epochs=2
   aexp train -m optimizer.lr=1e-3,3e-3
   aexp render outputs/2026-01-01/12-00-00
+  aexp explore outputs/2026-01-01/12-00-00 --projection tsne
 """
 
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return _train(rest)
-    commands = {"render": "aexp.render"}
+    commands = {"render": "aexp.render", "explore": "aexp.explore"}
     if command not in commands:
         print(f"aexp: unknown command '{command}' (choose from: train, {', '.join(commands)}; "
               f"see aexp --help)", file=sys.stderr)

@@ -139,13 +139,23 @@ def restore(state: dict, *, model, optimizer, scheduler, gen, frames) -> tuple:
         restore_rng(state["rng"], gen)
         return state["epoch"], list(state["history"]), state["best_val_loss"], state.get("partial")
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"checkpoint does not fit this run: {str(e).splitlines()[0][:200]}") from None
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint does not fit this run: {first}") from None
 
 
-def epoch_start(partial, n: int, gen: torch.Generator, device) -> tuple:
-    """(data order, first step, running sums, samples seen, batches skipped) for an epoch: a new
-    order drawn from `gen`, or the saved progress of an epoch a signal stopped."""
+def epoch_start(partial, data, gen: torch.Generator, device) -> tuple:
+    """(data order, first step, running sums, samples seen, batches skipped, generator state the
+    epoch was drawn from) for an epoch: fresh samples (datasets drawn per epoch) and a new order
+    from `gen`, or, for an epoch a signal stopped, the same samples redrawn and its saved progress."""
     if partial is None:
-        return torch.randperm(n, generator=gen).to(device, non_blocking=True), 0, {}, 0, 0
+        drawn_from = gen.get_state()
+        data.new_epoch(gen)                 # fresh samples, for datasets drawn per epoch
+        perm = torch.randperm(len(data.train), generator=gen).to(device, non_blocking=True)
+        return perm, 0, {}, 0, 0, drawn_from
+    now = gen.get_state()
+    gen.set_state(partial["drawn_from"])
+    data.new_epoch(gen)
+    gen.set_state(now)
     sums = {k: v.to(device) for k, v in partial["sums"].items()}
-    return (partial["perm"].to(device), partial["step"], sums, partial["seen"], partial["skipped"])
+    return (partial["perm"].to(device), partial["step"], sums, partial["seen"], partial["skipped"],
+            partial["drawn_from"])

@@ -46,9 +46,9 @@ def seed_everything(seed: int) -> None:
 
 
 def build_parts(cfg, device) -> tuple:
-    """Data (resident on `device`), model and loss of a run config: what training, evaluation
-    and every command that loads a finished run share."""
-    data = build(cfg.dataset).to(device)
+    """Data (resident on `device`, with the run's task and corruption), model and loss of a
+    run config: what training, evaluation and every command that loads a finished run share."""
+    data = build(cfg.dataset).prepare(build(cfg.task), build(cfg.corruption)).to(device)
     model = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape).to(device)
     return data, model, build(cfg.loss)
 
@@ -152,14 +152,16 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
         for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            perm, first, sums, seen, skipped = resume.epoch_start(partial, n, gen, device)
+            perm, first, sums, seen, skipped, drawn_from = resume.epoch_start(partial, data, gen,
+                                                                              device)
             partial, shown = None, 0.0
             for step in range(first, steps):
                 if stop.requested():    # a safe point: save everything, this epoch's progress too
                     if main:
                         checkpoint.save(last_pt, state(epoch - 1, {
                             "step": step, "perm": perm.cpu(), "seen": seen, "skipped": skipped,
-                            "sums": {k: v.detach().cpu() for k, v in sums.items()}}))
+                            "sums": {k: v.detach().cpu() for k, v in sums.items()},
+                            "drawn_from": drawn_from}))
                     raise Interrupted(f"stopped by {stop.name} at epoch {epoch}, step {step} of "
                                       f"{steps}; checkpoint saved to {last_pt}; resume with: "
                                       f"aexp train resume={run_dir}", stop.signum)

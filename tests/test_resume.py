@@ -20,8 +20,9 @@ from aexp.metrics import read_csv
 from conftest import ROOT, aexp
 
 # A VAE (draws noise: the torch RNG must be restored) with a 3-d latent (frames use a PCA basis
-# and growing axes: the frame writer's state must be restored), 60 steps per epoch.
-TINY = ["model=vae", "model.hidden=[16]", "model.latent_dim=3", "dataset.n_train=600",
+# and growing axes: the frame writer's state must be restored) on colours drawn afresh every
+# epoch (the epoch's samples must be redrawn alike), 60 steps per epoch.
+TINY = ["model=vae", "model.hidden=[16]", "model.latent_dim=3", "dataset.fresh=true", "dataset.n_train=600",
         "dataset.n_val=100", "dataset.n_test=10", "train.batch_size=10", "train.epochs=5",
         "frames.probe_size=50", "frames.size=48"]
 
