@@ -79,7 +79,7 @@ CASES = [
     (["train", "dataset=mnist", "model=mlp", "dataset.root={r}/nowhere", "dataset.download=false"],
      "MNIST not found"),
     (["train", "dataset=mnist", "model=mlp", "dataset.root={r}/tiny", "dataset.val_size=500"],
-     "validation size 500 leaves an empty split of 120 training samples"),
+     "validation size 500 leaves an empty split of 120 samples"),
     (["train", "dataset=mnist", "model=mlp", "dataset.root={r}/trunc"], "is truncated"),
     (["train", "dataset=mnist", "model=linear", "dataset.root={r}/tiny", "dataset.val_size=20"],
      "model expects 3 input features but the dataset gives 784"),
