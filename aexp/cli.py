@@ -14,6 +14,7 @@ examples:
   aexp train
   aexp train model=vae dataset=mnist dataset.root=data train.epochs=2
   aexp train -m optimizer.lr=1e-3,3e-3
+  aexp train resume=outputs/2026-01-01/12-00-00
   aexp render outputs/2026-01-01/12-00-00
   aexp explore outputs/2026-01-01/12-00-00 --projection tsne
 """
