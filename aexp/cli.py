@@ -15,17 +15,28 @@ examples:
   aexp train
   aexp train model=vae dataset=mnist dataset.root=data train.epochs=2
   aexp train -m optimizer.lr=1e-3,3e-3
+  aexp train resume=outputs/2026-01-01/12-00-00
   aexp lr-find model=conv dataset=mnist
   aexp render outputs/2026-01-01/12-00-00
   aexp explore outputs/2026-01-01/12-00-00 --projection tsne
 """
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
+    """Print one line for the exception being handled; AEXP_DEBUG=1 re-raises it instead."""
     print(f"aexp: error: {message}", file=sys.stderr)
     if os.environ.get("AEXP_DEBUG"):
         raise
-    return 2
+    return code
+
+
+def _one_line(e: BaseException) -> str:
+    """Hydra and OmegaConf errors span several lines (and a cause): fold them into one."""
+    text = " ".join(str(e).split()).split(" Config search path:")[0]
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        text += f" ({str(cause).strip().splitlines()[0]})"
+    return text or type(e).__name__
 
 
 # Commands that compose a run config from the same Hydra overrides: ("module:function", log
@@ -39,7 +50,7 @@ def _hydra(command: str, argv: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from aexp.errors import AexpError
+    from aexp.errors import AexpError, Interrupted
     from aexp.paths import conf_dir
 
     status = {"code": 0}
@@ -56,19 +67,32 @@ def _hydra(command: str, argv: list[str]) -> int:
         run_dir = distributed.agree(Path(hc.runtime.output_dir))
         multirun = hc.mode == RunMode.MULTIRUN
         try:   # returns the objective: what a sweeper such as Optuna optimises
-            return task(cfg, run_dir, job_num=hc.job.num if multirun else None)
+            return task(cfg, run_dir, job_num=hc.job.num if multirun else None,
+                        overrides=list(hc.overrides.task))
         except AexpError as e:
+            if os.environ.get("AEXP_DEBUG"):
+                raise
             print(f"aexp: error: {e}", file=sys.stderr)
-            status["code"] = 2
-            if not multirun:
-                sys.exit(2)
+            status["code"] = e.exit_code
+            if not multirun or isinstance(e, Interrupted):
+                sys.exit(e.exit_code)
             (run_dir / "FAILED").write_text(f"{e}\n")  # the sweep goes on; the job is marked
 
-    from aexp import distributed
-    job_name = HYDRA_COMMANDS[command][1]
-    sys.argv = [f"aexp {command}", *argv, *distributed.hydra_overrides(), f"hydra.job.name={job_name}"]
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from aexp import distributed, resume
     try:
+        sys.argv = [f"aexp {command}", *resume.argv_for(argv), *distributed.hydra_overrides(),
+                    f"hydra.job.name={HYDRA_COMMANDS[command][1]}"]
+        # Hydra prints its own errors over several lines and exits 1; with this set it raises
+        # them instead, and they become one line and exit code 2 like every other user error.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
         app()
+    except AexpError as e:
+        return _fail(str(e), e.exit_code)
+    except (HydraException, OmegaConfBaseException) as e:
+        return _fail(_one_line(e))
     finally:
         distributed.shutdown()
     return status["code"]
@@ -93,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(commands[command]).main(rest)
     except AexpError as e:
-        return _fail(str(e))
+        return _fail(str(e), e.exit_code)
 
 
 if __name__ == "__main__":

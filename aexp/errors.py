@@ -1,8 +1,10 @@
-"""User-facing errors: each becomes one clear line on stderr and exit code 2 (no traceback)."""
+"""User-facing errors: each becomes one clear line on stderr and an exit code (2 unless the
+class says otherwise), with no traceback."""
 
 
 class AexpError(Exception):
     """Base class for errors caused by the user's input (config, data, files)."""
+    exit_code = 2
 
 
 class ConfigError(AexpError):
@@ -22,7 +24,17 @@ class RenderError(AexpError):
 
 
 class TrainingDiverged(AexpError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite: not bad input, so a code of its own."""
+    exit_code = 3
+
+
+class Interrupted(AexpError):
+    """SIGINT/SIGTERM stopped training at a safe point; exit code 128 + the signal number,
+    the shell convention for a process ended by a signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def unwrap(exc: BaseException) -> BaseException:

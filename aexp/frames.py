@@ -67,9 +67,8 @@ class FrameWriter:
             frame[MARGIN:MARGIN + self.size, x0:x0 + self.size] = panel
         img = Image.fromarray(frame)
         self._annotate(ImageDraw.Draw(img), epoch, len(panels), z.shape[1])
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"epoch_{epoch:04d}.png"
-        img.save(path, compress_level=1)
+        atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=1))
         self._save_latents(z, epoch)
         return path
 
@@ -80,6 +79,17 @@ class FrameWriter:
             atomic_write(self.out_dir / "probe.npz", lambda f: np.savez(f, **probe))
         latents = z.cpu().numpy().astype(np.float16)
         atomic_write(self.out_dir / f"latents_{epoch:04d}.npy", lambda f: np.save(f, latents))
+
+    def state(self) -> dict:
+        """What later frames depend on (PCA basis, axes), saved in checkpoints so a resumed run
+        draws the frames the uninterrupted run would have."""
+        basis = None if self.basis is None else [t.cpu() for t in self.basis]
+        return {"basis": basis, "limits": self.limits}
+
+    def load_state(self, state: dict) -> None:
+        basis = state["basis"]
+        self.basis = None if basis is None else tuple(t.to(self.x.device) for t in basis)
+        self.limits = None if state["limits"] is None else tuple(map(tuple, state["limits"]))
 
     def _project(self, z):
         if z.shape[1] <= 2:

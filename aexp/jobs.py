@@ -78,8 +78,9 @@ def pin_gpu(job_num: int) -> None:
         torch.cuda.set_device(job_num % torch.cuda.device_count())
 
 
-def run_job(cfg, run_dir: Path, job_num: int | None = None) -> float:
-    """Train `cfg` into `run_dir` unless it already finished there; return the objective."""
+def run_job(cfg, run_dir: Path, job_num: int | None = None, overrides: list[str] = ()) -> float:
+    """Train `cfg` into `run_dir` unless it already finished there; return the objective.
+    `overrides` (the command line's) are kept in checkpoints, for `resume=`."""
     from aexp.train import console, train
 
     run_dir = Path(run_dir)
@@ -89,7 +90,7 @@ def run_job(cfg, run_dir: Path, job_num: int | None = None) -> float:
         return objective(cfg, run_dir)
     if job_num is not None and cfg.device == "auto":
         pin_gpu(job_num)
-    row = train(cfg, run_dir)
+    row = train(cfg, run_dir, overrides=overrides)
     if distributed.is_main():
         mark_finished(cfg, run_dir, row)
     distributed.barrier()   # the other ranks read the objective only once rank 0 has written it

@@ -12,13 +12,15 @@ from aexp.errors import ConfigError
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Optimiser steps in one pass. A final batch of one sample would break BatchNorm in
     training mode, so it is folded away."""
-    return max(1, n // batch_size + (1 if n % batch_size > 1 else 0))
+    return n // batch_size + (1 if n % batch_size > 1 else 0)
 
 
 def plan(train_cfg, n: int) -> tuple[int, int, int]:
     """(epochs, steps per epoch, total steps). `max_steps` (when set) decides the length: the
     run takes ceil(max_steps / steps) epochs and stops mid-epoch at max_steps."""
     steps = steps_per_epoch(n, train_cfg.batch_size)
+    if steps < 1:
+        raise ConfigError(f"the training split of {n} sample(s) gives no batch; use more data")
     max_steps = train_cfg.get("max_steps")
     if max_steps is None:
         return train_cfg.epochs, steps, train_cfg.epochs * steps

@@ -52,7 +52,7 @@ def plot(path: Path, lrs, losses, smoothed, best_lr: float) -> None:
     plt.close(fig)
 
 
-def lr_find(cfg, run_dir: Path, job_num=None) -> float:
+def lr_find(cfg, run_dir: Path, job_num=None, overrides=None) -> float:
     from aexp.train import build, build_parts, check_config, console, preflight, resolve_device
     from aexp.train import seed_everything
     run_dir = Path(run_dir)
@@ -68,7 +68,7 @@ def lr_find(cfg, run_dir: Path, job_num=None) -> float:
     loop.start_epoch(model, loss_fn, None)   # final loss weights, unfrozen encoder
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, n = cfg.train.batch_size, len(data.train)
-    steps = loop.steps_per_epoch(n, bs)
+    _, steps, _ = loop.plan(cfg.train, n)    # raises when the split gives no batch
     console.print(f"[bold]aexp lr-find[/] {type(model).__name__} on {data.name}: lr {lrs[0]:.1e} -> "
                   f"{lrs[-1]:.1e} over {len(lrs)} steps · {device}")
     model.train()

@@ -6,7 +6,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from aexp import checkpoint
-from aexp.errors import AexpError
+from aexp.errors import AexpError, CheckpointError
 
 
 @dataclass
@@ -31,6 +31,10 @@ def load_run(run_dir, which: str = "best", device: str = "auto") -> LoadedRun:
     cfg = OmegaConf.create(state["config"])
     dev = resolve_device(device)
     data, model, loss_fn = build_parts(cfg, dev)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:   # a checkpoint whose weights are not this model's
+        raise CheckpointError(f"{run_dir}: the checkpoint's weights do not fit its model: "
+                              f"{str(e).strip().splitlines()[0][:200]}") from None
     model.eval()
     return LoadedRun(run_dir, cfg, state, data, model, loss_fn, dev)

@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from aexp import checkpoint, distributed, loop
-from aexp.errors import AexpError, ConfigError, TrainingDiverged, unwrap
+from aexp import checkpoint, distributed, faults, loop, resume, validate
+from aexp.errors import AexpError, ConfigError, Interrupted, TrainingDiverged, unwrap
 from aexp.frames import FrameWriter
 from aexp.metrics import write_csv
 from aexp.schedules import build_schedule, per_batch
@@ -55,6 +55,7 @@ def build_parts(cfg, device) -> tuple:
 
 
 def check_config(cfg) -> None:
+    validate.check(cfg)   # unknown keys, wrong types, values below their minimum
     t = cfg.train
     if t.epochs < 1:
         raise ConfigError(f"train.epochs must be at least 1, got {t.epochs}")
@@ -69,12 +70,12 @@ def check_config(cfg) -> None:
 def preflight(model, loss_fn, data) -> None:
     """One forward and loss on two samples, so a model that cannot take the data's shape, or a
     loss that does not fit the model, fails before any work with one clear line."""
-    x, y = data.batch(data.train, torch.arange(2, device=data.train.x.device))
+    idx = torch.arange(min(2, len(data.train)), device=data.train.x.device)
+    x, y = data.batch(data.train, idx)
     try:
         with torch.no_grad():
             out = model(x)
-            labels = loop.labels(data.train, torch.arange(2, device=x.device))
-            terms = loss_fn(out, x, y, model, labels=labels)
+            terms = loss_fn(out, x, y, model, labels=loop.labels(data.train, idx))
     except AexpError:
         raise
     except RuntimeError as e:
@@ -101,24 +102,24 @@ def evaluate(model, loss_fn, data, split, batch_size: int) -> dict:
     return {k: float(v) / n for k, v in sums.items()}
 
 
-def rng_state(gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train one run into `run_dir`; return the final metrics row."""
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
+    """Train one run into `run_dir`, or continue it from its last checkpoint (see aexp.resume);
+    return the final metrics row. `overrides`: the command line's, kept in checkpoints."""
     run_dir = Path(run_dir)
     check_config(cfg)
     device = distributed.place(resolve_device(cfg.device))
     console.quiet = not distributed.is_main()   # under torchrun, rank 0 speaks for all
     seed_everything(cfg.seed)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    resume_from = resume.checkpoint_path(cfg, run_dir)
+    saved = checkpoint.load(resume_from) if resume_from else None
+    if saved:
+        resume.check_same_config(saved["config"], config, resume_from)
 
     data, model, loss_fn = build_parts(cfg, device)
     optimizer = build(cfg.optimizer, params=model.parameters())
-    epochs, steps, total_steps = loop.plan(cfg.train, len(data.train))
+    bs, n = cfg.train.batch_size, len(data.train)
+    epochs, steps, total_steps = loop.plan(cfg.train, n)   # train.epochs or train.max_steps
     scheduler = build_schedule(cfg.schedule, optimizer, total_steps)
     preflight(model, loss_fn, data)
     loop.check_progressive(model, data, cfg.train.get("progressive"))
@@ -130,55 +131,86 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     main = distributed.is_main()   # only rank 0 writes frames, metrics and checkpoints
     frames = FrameWriter(data, run_dir / "frames", probe_size=cfg.frames.probe_size,
                          size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled and main else None
-    if frames:
+    gen = torch.Generator().manual_seed(cfg.seed)   # data order, saved in checkpoints
+    start, rows, best, partial = 0, [], float("inf"), None
+    if saved:
+        start, rows, best, partial = resume.restore(saved, model=model, optimizer=optimizer,
+                                                    scheduler=scheduler, gen=gen, frames=frames)
+        if main:
+            write_csv(run_dir / "metrics.csv", rows)   # drop a row written after the checkpoint
+        console.print(f"resuming from {resume_from} after epoch {start}"
+                      + (f", step {partial['step']}" if partial else ""), soft_wrap=True)
+    elif frames:
         frames.write(model, 0)
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    gen = torch.Generator().manual_seed(cfg.seed)   # data order, saved in checkpoints
-    bs, n, done = cfg.train.batch_size, len(data.train), 0
-    rows, best = [], float("inf")
     net = distributed.wrap(model, n, bs)   # DDP under torchrun, else the model itself
+    last_pt = run_dir / "checkpoints" / "last.pt"
+    state = lambda epoch, partial=None: resume.training_state(
+        epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, gen=gen, frames=frames,
+        history=rows, best=best, config=config, overrides=overrides, partial=partial)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-    with progress:
-        task = progress.add_task("epoch", total=total_steps, info="")
-        for epoch in range(1, epochs + 1):
+    with progress, faults.StopSignals() as stop:
+        task = progress.add_task("epoch", total=total_steps, info="", completed=start * steps)
+        for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
             loop.start_epoch(model, loss_fn, epoch)
             size = loop.progressive_size(cfg.train.get("progressive"), epoch)
-            data.new_epoch(gen)                 # fresh samples, for datasets drawn per epoch
-            perm = torch.randperm(n, generator=gen).to(device, non_blocking=True)
-            sums, shown = {}, 0.0
-            for step in range(min(steps, total_steps - done)):
-                idx, scale = distributed.shard(perm[step * bs:(step + 1) * bs])
+            perm, first, sums, seen, skipped, drawn_from = resume.epoch_start(partial, data, gen,
+                                                                              device)
+            partial, shown = None, 0.0
+            for step in range(first, steps):
+                done = (epoch - 1) * steps + step     # batches before this one (train.max_steps)
+                if done >= total_steps:
+                    break
+                if stop.requested():    # a safe point: save everything, this epoch's progress too
+                    if main:
+                        checkpoint.save(last_pt, state(epoch - 1, {
+                            "step": step, "perm": perm.cpu(), "seen": seen, "skipped": skipped,
+                            "sums": {k: v.detach().cpu() for k, v in sums.items()},
+                            "drawn_from": drawn_from}))
+                    raise Interrupted(f"stopped by {stop.name} at epoch {epoch}, step {step} of "
+                                      f"{steps}; checkpoint saved to {last_pt}; resume with: "
+                                      f"aexp train resume={run_dir}", stop.signum)
+                batch = perm[step * bs:(step + 1) * bs]
+                idx, scale = distributed.shard(batch)
                 x, y = loop.resize(*data.batch(data.train, idx, train=True), size)
                 terms = loss_fn(net(x), x, y, model, labels=loop.labels(data.train, idx))
+                if not faults.finite(terms["loss"]):
+                    if not cfg.train.skip_nonfinite:
+                        raise TrainingDiverged(
+                            f"loss is not finite at epoch {epoch}, step {step} "
+                            f"({faults.describe_terms(terms)}); the last good checkpoint is "
+                            f"{last_pt if last_pt.is_file() else 'none (no epoch finished)'}")
+                    skipped += 1    # train.skip_nonfinite: this batch does not update the weights
+                    continue
                 optimizer.zero_grad(set_to_none=True)
                 (terms["loss"] * scale if scale != 1.0 else terms["loss"]).backward()
                 loop.clip_gradients(model, cfg.train.get("grad_clip"))
                 optimizer.step()
-                done += 1
                 if per_batch(scheduler):
                     scheduler.step()
+                seen += len(batch)                # the whole batch: sums are added over ranks
                 for k, v in terms.items():      # accumulated on the device: no sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
-                last = step == steps - 1 or done == total_steps
+                last = step == steps - 1 or done + 1 == total_steps
                 if time.perf_counter() - shown > 0.5 or last:  # reading the loss syncs
                     shown = time.perf_counter()
-                    progress.update(task, completed=done,
+                    progress.update(task, completed=done + 1,
                                     description=f"epoch {epoch}/{epochs}",
                                     info=f"loss {terms['loss'].item():.4g}")
             train_seconds = time.perf_counter() - t0
-            seen = min((step + 1) * bs, n)
+            if seen == 0:
+                raise TrainingDiverged(f"every batch of epoch {epoch} had a non-finite loss")
             sums = distributed.all_sum(sums)
             train_terms = {k: float(v) / seen for k, v in sums.items()}
             val_terms = evaluate(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
             bad = {k: v for k, v in {**train_terms, **val_terms}.items() if not np.isfinite(v)}
             if bad:
-                raise TrainingDiverged(
-                    f"loss is not finite at epoch {epoch} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
-                    f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.pt'}")
+                raise TrainingDiverged(f"loss is not finite at the end of epoch {epoch} "
+                                       f"({faults.describe_terms(bad)}); the last good "
+                                       f"checkpoint is {last_pt}")
             lr = optimizer.param_groups[0]["lr"]
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val_terms["loss"])
@@ -187,6 +219,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             row = {"epoch": epoch, "train_loss": train_terms["loss"], "val_loss": val_terms["loss"]}
             row.update({f"train_{k}": v for k, v in train_terms.items() if k != "loss"})
             row.update({f"val_{k}": v for k, v in val_terms.items() if k != "loss"})
+            if cfg.train.skip_nonfinite:
+                row["skipped_batches"] = skipped
             t_frame = time.perf_counter()
             if frames and epoch % cfg.frames.every == 0:
                 frames.write(model, epoch)
@@ -194,21 +228,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                        train_seconds=round(train_seconds, 4),
                        frame_seconds=round(time.perf_counter() - t_frame, 4))
             rows.append(row)
+            # Order matters for a kill at any moment: everything an epoch writes (frame, metrics,
+            # best.pt) comes before last.pt, the commit point; a run killed earlier redoes the
+            # epoch and rewrites them.
+            improved = row["val_loss"] < best
+            best = min(best, row["val_loss"])
             if main:
                 write_csv(run_dir / "metrics.csv", rows)
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": done,
-                     "rng": rng_state(gen),
-                     "config": config, "metrics": row, "best_val_loss": min(best, row["val_loss"])}
-            if main:
-                checkpoint.save(run_dir / "checkpoints" / "last.pt", state)
-            if row["val_loss"] < best:
-                best = row["val_loss"]
-                if main:
-                    checkpoint.save(run_dir / "checkpoints" / "best.pt", state)
+                if improved:
+                    checkpoint.save(run_dir / "checkpoints" / "best.pt", state(epoch))
+                checkpoint.save(last_pt, state(epoch))
             console.log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train {row['train_loss']:.5g}  "
                         f"val {row['val_loss']:.5g}  lr {lr:.3g}  {row['seconds']:.2f}s")
     total = sum(r["seconds"] for r in rows)
-    console.print(f"[bold green]done[/] {epochs} epochs in {total:.1f}s · best val loss {best:.5g} · "
+    console.print(f"[bold green]done[/] {len(rows)} epochs in {total:.1f}s · best val loss {best:.5g} · "
                   f"{run_dir}")
     return rows[-1]

@@ -1,0 +1,161 @@
+"""Resuming a run. Which checkpoint a run continues from (`resume=RUN_DIR`, or the run folder's own
+`checkpoints/last.pt`, which is what a requeued cluster job finds), and the training state saved
+into and restored from a checkpoint: model, optimizer, scheduler, every RNG, the data order, the
+metrics rows, the best validation loss and the frame writer's axes, so that on the CPU an
+interrupted run finishes with exactly the weights and metrics of the run left alone."""
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from aexp import checkpoint
+from aexp.errors import CheckpointError, ConfigError
+
+# Config keys a resumed run may change: where it continues from, how long it goes on, where.
+MAY_CHANGE = ("resume", "train.epochs", "device")
+
+
+def _disabled(value) -> bool:
+    return value is False or str(value).lower() in ("false", "no", "off")
+
+
+def argv_for(argv: list[str]) -> list[str]:
+    """Command-line overrides for `aexp train ... resume=RUN_DIR`: the run's own overrides first
+    and the new ones after (later wins), and Hydra writes into RUN_DIR, so `aexp train
+    resume=RUN_DIR` alone recomposes the run's own config. The run's overrides come from its
+    checkpoint, written only once a run was accepted (Hydra rewrites .hydra/overrides.yaml at
+    every start, a refused one included); .hydra/overrides.yaml is the fallback."""
+    given = [a for a in argv if a.startswith("resume=")]
+    value = given[-1].split("=", 1)[1] if given else ""
+    if value in ("", "null", "None") or _disabled(value):
+        return argv
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"resume={value}: no such run folder")
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise ConfigError("resume= continues one run; it cannot be combined with -m/--multirun")
+    merged = [*_saved_overrides(folder), *argv]
+    last = {_key(a): i for i, a in enumerate(merged)}
+    merged = [a for i, a in enumerate(merged) if a.startswith("-") or last[_key(a)] == i]
+    if "hydra.run.dir" not in last:
+        merged.append(f"hydra.run.dir={folder}")
+    return merged
+
+
+def _saved_overrides(folder: Path) -> list[str]:
+    ckpt = folder / "checkpoints" / "last.pt"
+    if ckpt.is_file():
+        saved = checkpoint.load(ckpt).get("overrides")
+        if saved is not None:
+            return list(saved)
+    hydra_file = folder / ".hydra" / "overrides.yaml"
+    return list(OmegaConf.load(hydra_file)) if hydra_file.is_file() else []
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def checkpoint_path(cfg, run_dir: Path) -> Path | None:
+    """The checkpoint this run continues from, or None for a fresh start."""
+    value = cfg.get("resume")
+    if value is not None and _disabled(value):
+        return None
+    if value is not None:
+        path = Path(str(value)).expanduser() / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"resume={value}: {path} not found (no epoch finished yet?)")
+        return path
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    return path if path.is_file() else None
+
+
+def check_same_config(saved: dict, current: dict, source: Path) -> None:
+    """Exact resume needs the run's own config: refuse one that differs beyond MAY_CHANGE."""
+    a, b = _flat(saved), _flat(current)
+    diff = [k for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(MAY_CHANGE)]
+    if diff:
+        k = diff[0]
+        more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+        raise ConfigError(f"cannot resume from {source}: the config differs at {k} (checkpoint "
+                          f"{a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}){more}; give the "
+                          f"run's own options, or resume=false to start over")
+
+
+def _flat(d, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    """Every random state the loop draws from, in types `weights_only` loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(), "data": gen.get_state(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, gen: torch.Generator) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(*, epoch, model, optimizer, scheduler, gen, frames, history, best, config,
+                   overrides=(), partial=None) -> dict:
+    """A checkpoint's contents after `epoch` finished epochs. `partial` holds the progress of a
+    stopped epoch (its data order, step and running sums), so it continues mid-epoch.
+    `overrides` are the command-line overrides the run was composed from (for resume=)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(gen),
+            "config": config, "overrides": list(overrides), "history": history,
+            "metrics": history[-1] if history else None, "best_val_loss": best,
+            "frames": frames.state() if frames else None, "partial": partial}
+
+
+def restore(state: dict, *, model, optimizer, scheduler, gen, frames) -> tuple:
+    """Load a checkpoint into the run's objects; return (finished epochs, metrics rows, best
+    validation loss, partial epoch or None). RNGs last: building the run drew from them."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if frames and state.get("frames"):
+            frames.load_state(state["frames"])
+        restore_rng(state["rng"], gen)
+        return state["epoch"], list(state["history"]), state["best_val_loss"], state.get("partial")
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint does not fit this run: {first}") from None
+
+
+def epoch_start(partial, data, gen: torch.Generator, device) -> tuple:
+    """(data order, first step, running sums, samples seen, batches skipped, generator state the
+    epoch was drawn from) for an epoch: fresh samples (datasets drawn per epoch) and a new order
+    from `gen`, or, for an epoch a signal stopped, the same samples redrawn and its saved progress."""
+    if partial is None:
+        drawn_from = gen.get_state()
+        data.new_epoch(gen)                 # fresh samples, for datasets drawn per epoch
+        perm = torch.randperm(len(data.train), generator=gen).to(device, non_blocking=True)
+        return perm, 0, {}, 0, 0, drawn_from
+    now = gen.get_state()
+    gen.set_state(partial["drawn_from"])
+    data.new_epoch(gen)
+    gen.set_state(now)
+    sums = {k: v.to(device) for k, v in partial["sums"].items()}
+    return (partial["perm"].to(device), partial["step"], sums, partial["seen"], partial["skipped"],
+            partial["drawn_from"])

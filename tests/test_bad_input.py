@@ -1,0 +1,191 @@
+"""Bad input of every kind (config, data, checkpoint, render) is refused with one clear line and
+exit code 2, before any training. The table runs the CLI's `main` in-process (fast); a few cases
+go through the real entry point in a subprocess, as a user would meet them."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aexp import checkpoint
+from aexp.cli import main
+from aexp.errors import CheckpointError
+from aexp.runs import load_run
+from conftest import aexp, make_mnist
+
+SMALL = ["train.epochs=1", "frames.enabled=false", "dataset.n_train=100", "dataset.n_val=20",
+         "dataset.n_test=10"]
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    """`aexp ARGS` in-process: (exit code, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Folders and files the bad inputs point at."""
+    root = tmp_path_factory.mktemp("bad")
+    make_mnist(root / "tiny")
+    trunc = make_mnist(root / "trunc")
+    img = trunc / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    img.write_bytes(img.read_bytes()[:5000])
+    (root / "empty_run").mkdir()
+    (root / "nockpt" / "checkpoints").mkdir(parents=True)
+    for name, payload in (("truncated", None), ("foreign", {"weights": torch.zeros(2)})):
+        ck = root / name / "checkpoints" / "last.pt"
+        ck.parent.mkdir(parents=True)
+        if payload is None:   # the first 100 bytes of a real checkpoint
+            checkpoint.save(ck, {"model": {"w": torch.zeros(100)}})
+            ck.write_bytes(ck.read_bytes()[:100])
+        else:
+            torch.save(payload, ck)
+    sizes = root / "sizes" / "frames"
+    sizes.mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(sizes / "epoch_0000.png")
+    Image.new("RGB", (50, 30)).save(sizes / "epoch_0001.png")
+    ok = root / "ok" / "frames"
+    ok.mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(ok / "epoch_0000.png")
+    (root / "a_file").write_text("not a folder")
+    return root
+
+
+# (arguments, text the one line must contain); {r} is the files fixture's folder.
+CASES = [
+    # config
+    (["train", "train.epochz=3"], "Could not override 'train.epochz'"),
+    (["train", "+train.epochz=3"], "unknown config key train.epochz (did you mean train.epochs?)"),
+    (["train", "train.epochs=abc"], "train.epochs must be an integer, got 'abc'"),
+    (["train", "train.epochs=0"], "train.epochs must be at least 1, got 0"),
+    (["train", "train.batch_size=-4"], "train.batch_size must be at least 1, got -4"),
+    (["train", "optimizer.lr=-0.001"], "optimizer.lr must be a positive number, got -0.001"),
+    (["train", "frames.enabled=maybe"], "frames.enabled must be true or false, got 'maybe'"),
+    (["train", "seed=1.5"], "seed must be an integer, got 1.5"),
+    (["train", "model=nosuch"], "Could not find 'model/nosuch'"),
+    (["train", "train.epochs=[1"], "no viable alternative at input '[1'"),
+    (["train", "model=mlp", "model.activation=swish"], "unknown activation 'swish'"),
+    (["train", "model=mlp", "+model.depth=3"], "cannot build aexp.models.dense.MLP"),
+    (["train", "loss.reduction=median"], "loss.reduction must be one of"),
+    (["train", "-m", "resume={r}/ok"], "cannot be combined with -m"),
+    # data
+    (["train", "dataset.n_val=0"], "dataset.n_val must be at least 1, got 0"),
+    (["train", "dataset.n_train=1"], "the training split of 1 sample(s) gives no batch"),
+    (["train", "dataset=mnist", "model=mlp", "dataset.root={r}/nowhere", "dataset.download=false"],
+     "MNIST not found"),
+    (["train", "dataset=mnist", "model=mlp", "dataset.root={r}/tiny", "dataset.val_size=500"],
+     "validation size 500 leaves an empty split of 120 samples"),
+    (["train", "dataset=mnist", "model=mlp", "dataset.root={r}/trunc"], "is truncated"),
+    (["train", "dataset=mnist", "model=linear", "dataset.root={r}/tiny", "dataset.val_size=20"],
+     "model expects 3 input features but the dataset gives 784"),
+    # checkpoint (resume)
+    (["train", "resume={r}/missing"], "resume={r}/missing: no such run folder"),
+    (["train", "resume={r}/nockpt"], "checkpoints/last.pt not found"),
+    (["train", "resume={r}/truncated"], "cannot load checkpoint {r}/truncated/checkpoints/last.pt"),
+    (["train", "resume={r}/foreign"], "is not an aexp checkpoint"),
+    # render
+    (["render", "{r}/missing"], "no such folder: {r}/missing"),
+    (["render", "{r}/empty_run"], "no frames in {r}/empty_run"),
+    (["render", "{r}/sizes"], "have different sizes: 40x30, 50x30"),
+    (["render", "{r}/ok", "--out", "{r}/a_file/latent.mp4"], "cannot write {r}/a_file/latent.mp4"),
+    (["render", "{r}/ok", "--fps", "0"], "--fps must be positive"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")   # restored afterwards: main sets it
+    args = [a.format(r=files) for a in args]
+    if args[0] == "train":
+        small = SMALL[:2] if "dataset=mnist" in args else SMALL
+        args = [*args[:1], *small, *args[1:], f"hydra.run.dir={tmp_path / 'run'}",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    code, err = run_cli(args, capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("aexp: error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and message.format(r=files) in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()    # refused before any work
+
+
+def test_resume_with_other_options_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    run = tmp_path / "run"
+    assert run_cli(["train", *SMALL, f"hydra.run.dir={run}"], capsys)[0] == 0
+    code, err = run_cli(["train", f"resume={run}", "model.hidden=[8]"], capsys)
+    assert code == 2 and "already holds a finished run of a different config" in err
+    (run / "COMPLETED.json").unlink()     # as if killed before the end
+    code, err = run_cli(["train", f"resume={run}", "model.hidden=[8]"], capsys)
+    assert code == 2 and "the config differs at model.hidden (checkpoint [], now [8])" in err
+    code, err = run_cli(["train", f"resume={run}", "train.epochs=2"], capsys)   # may change
+    assert code == 0 and "resuming from" in err
+
+
+def test_load_run_refuses_missing_truncated_and_foreign_checkpoints(files):
+    for name, text in (("nockpt", "checkpoint not found"), ("truncated", "cannot load checkpoint"),
+                       ("foreign", "is not an aexp checkpoint")):
+        with pytest.raises(CheckpointError, match=text):
+            load_run(files / name, which="last")
+
+
+def test_load_run_refuses_weights_of_another_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    run = tmp_path / "run"
+    assert run_cli(["train", *SMALL, f"hydra.run.dir={run}"], capsys)[0] == 0
+    state = checkpoint.load(run / "checkpoints" / "last.pt")
+    state["model"] = {"encoder.1.weight": torch.zeros(5, 5)}
+    checkpoint.save(run / "checkpoints" / "last.pt", state)
+    with pytest.raises(CheckpointError, match="the checkpoint's weights do not fit its model"):
+        load_run(run, which="last")
+    code, err = run_cli(["train", f"resume={run}", "train.epochs=2"], capsys)
+    assert code == 2 and "checkpoint does not fit this run" in err
+
+
+def test_real_entry_point_gives_one_line_and_debug_shows_the_traceback(tmp_path):
+    for args, message in ((["train", "train.epochz=3"], "Could not override 'train.epochz'"),
+                          (["train", "train.epochs=-1"], "train.epochs must be at least 1")):
+        proc = aexp(*args, f"hydra.run.dir={tmp_path}", check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"aexp: error: {proc.stderr.split('error: ')[1].strip()}"]
+        assert message in proc.stderr
+    os.environ["AEXP_DEBUG"] = "1"
+    try:
+        proc = aexp("train", "train.epochs=-1", f"hydra.run.dir={tmp_path}", check=False)
+    finally:
+        del os.environ["AEXP_DEBUG"]
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+class Payload:
+    """Unpickling this runs `touch <path>`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_malicious_checkpoint_runs_no_code(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "run" / "checkpoints" / "last.pt"
+    evil.parent.mkdir(parents=True)
+    torch.save({"format": checkpoint.FORMAT, "model": Payload(marker)}, evil)
+    # The payload is live: a plain pickle load runs it.
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        checkpoint.load(evil)
+    assert not marker.exists()
+    code, err = run_cli(["train", f"resume={tmp_path / 'run'}"], capsys)
+    assert code == 2 and "cannot load checkpoint" in err and "Traceback" not in err
+    assert not marker.exists()
+    np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()), ["run"])

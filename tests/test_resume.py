@@ -1,0 +1,136 @@
+"""Exact resume under faults, through the real entry point: a run killed (SIGKILL) at random
+points and restarted each time, or stopped by SIGTERM and resumed with the command it prints,
+ends with exactly the weights, metrics and frames of the same run left alone; and no checkpoint
+or metrics file is ever unreadable along the way."""
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aexp import checkpoint
+from aexp.metrics import read_csv
+from conftest import ROOT, aexp
+
+# A VAE (draws noise: the torch RNG must be restored) with a 3-d latent (frames use a PCA basis
+# and growing axes: the frame writer's state must be restored) on colours drawn afresh every
+# epoch (the epoch's samples must be redrawn alike), 60 steps per epoch.
+TINY = ["model=vae", "model.hidden=[16]", "model.latent_dim=3", "dataset.fresh=true", "dataset.n_train=600",
+        "dataset.n_val=100", "dataset.n_test=10", "train.batch_size=10", "train.epochs=5",
+        "frames.probe_size=50", "frames.size=48"]
+
+
+def start(run_dir, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+    return subprocess.Popen([sys.executable, "-m", "aexp.cli", "train", *TINY, *extra,
+                             f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def check_readable(run_dir) -> int:
+    """Assert the run folder's checkpoint and metrics load (whole rows only); return the
+    checkpoint's epoch (-1 when there is none yet)."""
+    epoch = -1
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        epoch = checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"]
+    if (run_dir / "metrics.csv").exists():
+        rows = read_csv(run_dir / "metrics.csv")
+        assert all(None not in r.values() and len(r) == len(rows[0]) for r in rows)
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    return epoch
+
+
+def wait_for_epoch(proc, run_dir, epoch: int, timeout: float = 240) -> None:
+    """Poll (checking every file as it goes) until the checkpoint reaches `epoch` or the process
+    ends."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and check_readable(run_dir) < epoch:
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.02)
+
+
+def assert_same_run(got, ref) -> None:
+    a = checkpoint.load(got / "checkpoints" / "last.pt")
+    b = checkpoint.load(ref / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 5 and a["partial"] is None
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    best_a = checkpoint.load(got / "checkpoints" / "best.pt")["model"]
+    best_b = checkpoint.load(ref / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_b)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
+    assert strip(read_csv(got / "metrics.csv")) == strip(read_csv(ref / "metrics.csv"))
+    frames = sorted(p.name for p in (ref / "frames").glob("*.png"))
+    assert sorted(p.name for p in (got / "frames").glob("*.png")) == frames
+    for name in frames:
+        assert np.array_equal(np.asarray(Image.open(got / "frames" / name)),
+                              np.asarray(Image.open(ref / "frames" / name))), name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same run, left alone."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    proc = start(run)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return run
+
+
+def kill_and_restart(run, kills: list[tuple[int, float]]) -> None:
+    """For each (epoch, delay): start (or restart: the folder holds last.pt, so the run
+    continues), wait until `epoch` epochs are saved plus `delay` seconds, SIGKILL. Then let the
+    last restart finish."""
+    for epoch, delay in kills:
+        proc = start(run)
+        wait_for_epoch(proc, run, epoch)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        check_readable(run)
+    proc = start(run)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "resuming from" in err
+
+
+def test_sigkill_at_random_points_then_resume_is_exact(tmp_path, reference):
+    rng = random.Random(int(os.environ.get("AEXP_FAULT_SEED", time.time_ns())))
+    kills = sorted((rng.randint(0, 3), rng.uniform(0.0, 0.3)) for _ in range(3))
+    kill_and_restart(tmp_path / "run", kills)
+    assert_same_run(tmp_path / "run", reference)
+
+
+@pytest.mark.slow
+def test_many_sigkills_then_resume_is_exact(tmp_path, reference):
+    rng = random.Random(int(os.environ.get("AEXP_FAULT_SEED", time.time_ns())))
+    kills = sorted((rng.randint(0, 4), rng.uniform(0.0, 0.5)) for _ in range(8))
+    kill_and_restart(tmp_path / "run", kills)
+    assert_same_run(tmp_path / "run", reference)
+
+
+def test_sigterm_saves_mid_epoch_and_the_printed_command_resumes_exactly(tmp_path, reference):
+    run = tmp_path / "run"
+    proc = start(run)
+    wait_for_epoch(proc, run, 1)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    line = next(ln for ln in err.splitlines() if "stopped by SIGTERM" in ln)
+    assert f"checkpoint saved to {run / 'checkpoints' / 'last.pt'}" in line
+    saved = checkpoint.load(run / "checkpoints" / "last.pt")
+    assert saved["partial"] is not None and saved["epoch"] >= 1     # stopped mid-epoch
+    command = re.search(r"resume with: (aexp train .*)$", line).group(1).split()
+    assert command == ["aexp", "train", f"resume={run}"]
+    done = aexp(*command[1:])            # the run's own options come back from its folder
+    assert "resuming from" in done.stderr
+    assert_same_run(run, reference)
