@@ -8,12 +8,16 @@ USAGE = """usage: aexp <command> [args]
 commands:
   train   [overrides]   train one run (Hydra overrides; -m/--multirun sweeps; --help for config help)
   render  RUN_DIR       turn a run's latent frames into latent.mp4 (--fps, --out, --gif)
+  eval    RUN_DIR       test metrics (eval.json), a table and pictures in RUN_DIR/pictures/
+  summary MULTIRUN_DIR  one table (CSV, Markdown) and plots over every job of a sweep
 
 examples:
   aexp train
   aexp train model=vae dataset=mnist dataset.root=data train.epochs=2
   aexp train -m optimizer.lr=1e-3,3e-3
   aexp render outputs/2026-01-01/12-00-00
+  aexp eval outputs/2026-01-01/12-00-00
+  aexp summary multirun/2026-01-01/12-00-00 --metric best_val_loss
 """
 
 
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return _train(rest)
-    commands = {"render": "aexp.render"}
+    commands = {"render": "aexp.render", "eval": "aexp.evaluate", "summary": "aexp.summary"}
     if command not in commands:
         print(f"aexp: unknown command '{command}' (choose from: train, {', '.join(commands)}; "
               f"see aexp --help)", file=sys.stderr)

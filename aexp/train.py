@@ -185,4 +185,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     total = sum(r["seconds"] for r in rows)
     console.print(f"[bold green]done[/] {epochs} epochs in {total:.1f}s · best val loss {best:.5g} · "
                   f"{run_dir}")
+    from aexp.evaluate import after_training   # test metrics + pictures when eval.enabled
+    after_training(cfg, run_dir)
     return rows[-1]
