@@ -40,11 +40,17 @@ def loss_curves(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def curves(series: list[tuple], path: Path, xlabel: str, ylabel: str, title: str = "") -> Path:
-    """Overlaid curves: `series` is [(label, xs, ys), ...]."""
+def curves(series: list[tuple], path: Path, xlabel: str, ylabel: str, title: str = "",
+           xticklabels=None, logx: bool = False) -> Path:
+    """Overlaid curves: `series` is [(label, xs, ys), ...]; `xticklabels` names the positions
+    0, 1, ... of categorical x values."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, xs, ys in series:
         ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=str(label))
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)), [str(t) for t in xticklabels])
+    if logx:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
