@@ -120,7 +120,7 @@ def summarize(sweep: Path, metric: str = "best_val_loss", out: Path | None = Non
             bound_curves.append((label, c["bounds"], c["accuracy"]))
     all_keys = list(dict.fromkeys(k for r in table for k in r))
     swept = [k for k in all_keys if k not in ("job", "status", "note") and not _is_result(k)
-             and len({str(r.get(k)) for r in table}) > 1]
+             and _varies(table, k)]
     front = ["job", "status"] + [k for k in all_keys if not _is_result(k) and k not in ("job", "status", "note")]
     columns = front + [k for k in all_keys if _is_result(k)] + ["note"]
     table = [{c: r.get(c) for c in columns} for r in table]
@@ -141,6 +141,11 @@ def summarize(sweep: Path, metric: str = "best_val_loss", out: Path | None = Non
     return table, files
 
 
+def _varies(table, key) -> bool:
+    """A swept parameter: jobs that set it disagree (a job without overrides does not count)."""
+    return len({str(r.get(key)) for r in table if r.get(key) is not None}) > 1
+
+
 RESULTS = ("epochs", "final_", "best_", "seconds", "eval.")
 
 
@@ -152,13 +157,13 @@ def print_table(table: list[dict], metric: str) -> None:
     from rich.console import Console
     from rich.table import Table
     """Swept parameters and the headline results (the files hold every column)."""
-    varies = lambda c: len({str(r.get(c)) for r in table}) > 1
     keep = [c for c in table[0] if c in ("job", "status", "note", metric)
-            or (_is_result(c) and not c.startswith("eval.")) or (not _is_result(c) and varies(c))]
+            or (_is_result(c) and not c.startswith("eval.")) or (not _is_result(c) and _varies(table, c))]
     t = Table(title=f"aexp summary ({len(table)} jobs)")
     for c in keep:
         t.add_column(c, justify="right" if c not in ("status", "note") else "left",
-                     max_width=48 if c == "note" else None, no_wrap=c == "note", overflow="ellipsis")
+                     max_width=30 if c == "note" else None, min_width=10 if c == "status" else None,
+                     no_wrap=c == "note", overflow="ellipsis")
     style = {"done": "", "failed": "red", "incomplete": "yellow"}
     for r in table:
         t.add_row(*[("" if r[c] is None else f"{r[c]:.5g}" if isinstance(r[c], float) else str(r[c]))
