@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,cluster]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -28,6 +28,11 @@ demo: $(STAMP)
 	$(BIN)/aexp train hydra.run.dir=$$run && \
 	$(BIN)/aexp render $$run && \
 	echo "demo animation: $$run/latent.mp4"
+
+# Side-by-side training benchmark (not part of `make test`); real MNIST with
+# `make bench BENCH_ARGS="--root DIR"` where DIR holds MNIST/raw. Writes outputs/bench/.
+bench: $(STAMP)
+	$(BIN)/python -m aexp.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs/demo multirun .pytest_cache

@@ -42,20 +42,26 @@ def _train(argv: list[str]) -> int:
     def app(cfg):
         from pathlib import Path
 
-        from aexp.train import train
+        from aexp import distributed
+        from aexp.jobs import run_job
         hc = HydraConfig.get()
-        run_dir = Path(hc.runtime.output_dir)
-        try:
-            return train(cfg, run_dir)
+        run_dir = distributed.agree(Path(hc.runtime.output_dir))
+        multirun = hc.mode == RunMode.MULTIRUN
+        try:   # returns the objective: what a sweeper such as Optuna optimises
+            return run_job(cfg, run_dir, job_num=hc.job.num if multirun else None)
         except AexpError as e:
             print(f"aexp: error: {e}", file=sys.stderr)
             status["code"] = 2
-            if hc.mode != RunMode.MULTIRUN:
+            if not multirun:
                 sys.exit(2)
             (run_dir / "FAILED").write_text(f"{e}\n")  # the sweep goes on; the job is marked
 
-    sys.argv = ["aexp train", *argv]
-    app()
+    from aexp import distributed
+    sys.argv = ["aexp train", *argv, *distributed.hydra_overrides()]
+    try:
+        app()
+    finally:
+        distributed.shutdown()
     return status["code"]
 
 

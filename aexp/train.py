@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from aexp import checkpoint
+from aexp import checkpoint, distributed
 from aexp.errors import AexpError, ConfigError, TrainingDiverged, unwrap
 from aexp.frames import FrameWriter
 from aexp.metrics import write_csv
@@ -107,7 +107,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train one run into `run_dir`; return the final metrics row."""
     run_dir = Path(run_dir)
     check_config(cfg)
-    device = resolve_device(cfg.device)
+    device = distributed.place(resolve_device(cfg.device))
+    console.quiet = not distributed.is_main()   # under torchrun, rank 0 speaks for all
     seed_everything(cfg.seed)
 
     data, model, loss_fn = build_parts(cfg, device)
@@ -119,8 +120,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     console.print(f"[bold]aexp[/] {type(model).__name__} ({n_params:,} parameters) on "
                   f"{data.name} ({len(data.train)} train / {len(data.val)} val) · {device} · "
                   f"run folder {run_dir}")
+    main = distributed.is_main()   # only rank 0 writes frames, metrics and checkpoints
     frames = FrameWriter(data, run_dir / "frames", probe_size=cfg.frames.probe_size,
-                         size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled else None
+                         size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled and main else None
     if frames:
         frames.write(model, 0)
 
@@ -130,6 +132,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     # A final batch of one sample would break BatchNorm in training mode: fold it away.
     steps = n // bs + (1 if n % bs > 1 else 0)
     rows, best = [], float("inf")
+    net = distributed.wrap(model, n, bs)   # DDP under torchrun, else the model itself
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     with progress:
@@ -138,21 +141,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             t0 = time.perf_counter()
             model.train()
             perm = torch.randperm(n, generator=gen).to(device, non_blocking=True)
-            sums = {}
+            sums, shown = {}, 0.0
             for step in range(steps):
-                idx = perm[step * bs:(step + 1) * bs]
+                idx, scale = distributed.shard(perm[step * bs:(step + 1) * bs])
                 x, y = data.batch(data.train, idx, train=True)
-                terms = loss_fn(model(x), x, y, model)
+                terms = loss_fn(net(x), x, y, model)
                 optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
+                (terms["loss"] * scale if scale != 1.0 else terms["loss"]).backward()
                 optimizer.step()
                 for k, v in terms.items():      # accumulated on the device: no sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
-                if step % 25 == 0 or step == steps - 1:
+                if time.perf_counter() - shown > 0.5 or step == steps - 1:  # reading the loss syncs
+                    shown = time.perf_counter()
                     progress.update(task, completed=(epoch - 1) * steps + step + 1,
                                     description=f"epoch {epoch}/{epochs}",
                                     info=f"loss {terms['loss'].item():.4g}")
+            train_seconds = time.perf_counter() - t0
             seen = min(steps * bs, n)
+            sums = distributed.all_sum(sums)
             train_terms = {k: float(v) / seen for k, v in sums.items()}
             val_terms = evaluate(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
             bad = {k: v for k, v in {**train_terms, **val_terms}.items() if not np.isfinite(v)}
@@ -168,23 +174,30 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             row = {"epoch": epoch, "train_loss": train_terms["loss"], "val_loss": val_terms["loss"]}
             row.update({f"train_{k}": v for k, v in train_terms.items() if k != "loss"})
             row.update({f"val_{k}": v for k, v in val_terms.items() if k != "loss"})
-            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 4))
+            t_frame = time.perf_counter()
+            if frames and epoch % cfg.frames.every == 0:
+                frames.write(model, epoch)
+            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 4),
+                       train_seconds=round(train_seconds, 4),
+                       frame_seconds=round(time.perf_counter() - t_frame, 4))
             rows.append(row)
-            write_csv(run_dir / "metrics.csv", rows)
+            if main:
+                write_csv(run_dir / "metrics.csv", rows)
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(gen),
                      "config": config, "metrics": row, "best_val_loss": min(best, row["val_loss"])}
-            checkpoint.save(run_dir / "checkpoints" / "last.pt", state)
+            if main:
+                checkpoint.save(run_dir / "checkpoints" / "last.pt", state)
             if row["val_loss"] < best:
                 best = row["val_loss"]
-                checkpoint.save(run_dir / "checkpoints" / "best.pt", state)
-            if frames and epoch % cfg.frames.every == 0:
-                frames.write(model, epoch)
+                if main:
+                    checkpoint.save(run_dir / "checkpoints" / "best.pt", state)
             console.log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train {row['train_loss']:.5g}  "
                         f"val {row['val_loss']:.5g}  lr {lr:.3g}  {row['seconds']:.2f}s")
     total = sum(r["seconds"] for r in rows)
     console.print(f"[bold green]done[/] {epochs} epochs in {total:.1f}s · best val loss {best:.5g} · "
                   f"{run_dir}")
-    from aexp.evaluate import after_training   # test metrics + pictures when eval.enabled
-    after_training(cfg, run_dir)
+    if main:
+        from aexp.evaluate import after_training   # test metrics + pictures when eval.enabled
+        after_training(cfg, run_dir)
     return rows[-1]

@@ -1,0 +1,243 @@
+"""`make bench`: aexp's training loop measured side by side with a conventional one.
+
+In one run, on one machine: aexp's training throughput for the dense AE, the conv AE and the VAE
+on MNIST-shaped data; the same models trained the way tutorials write it (torchvision MNIST with
+ToTensor, a DataLoader, a per-batch `.item()`); the fraction of measured matmul peak that the
+dense AE's step reaches; the per-epoch cost of frames + metrics; `aexp render` time per frame.
+Writes `outputs/bench/bench.json` and `outputs/bench/bench.md`.
+"""
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODELS = {  # bench name -> aexp config overrides (model and loss as a user would pick them)
+    "dense AE": ["model=mlp", "loss=bce"],
+    "conv AE": ["model=conv", "loss=bce"],
+    "VAE": ["model=vae"],
+}
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from aexp.paths import conf_dir
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def synthetic_mnist(root: Path, n_train=60000, n_test=10000) -> Path:
+    """MNIST-shaped IDX files of random strokes (when no real MNIST is given)."""
+    import struct
+    rng = np.random.default_rng(0)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        x = (rng.random((n, 28, 28)) > 0.8).astype(np.uint8) * 255
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">HBB3I", 0, 8, 3, n, 28, 28) + x.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 8, 1, n) + y.tobytes())
+    return root
+
+
+def aexp_throughput(overrides, root, epochs, batch_size, device) -> dict:
+    """Median training samples/s of aexp's own loop (train() itself, frames off)."""
+    from aexp.metrics import read_csv
+    from aexp.train import train
+    cfg = compose([*overrides, "dataset=mnist", f"dataset.root={root}", f"train.epochs={epochs}",
+                   f"train.batch_size={batch_size}", "frames.enabled=false", f"device={device}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, Path(tmp))
+        rows = read_csv(Path(tmp) / "metrics.csv")
+    n = 55000  # training split of MNIST (5,000 held out for validation)
+    rates = [n / r["train_seconds"] for r in rows[1:]] or [n / rows[0]["train_seconds"]]
+    return {"samples_per_s": statistics.median(rates), "epochs": len(rows)}
+
+
+def conventional_throughput(overrides, root, epochs, batch_size, device) -> dict:
+    """The same model and loss trained the tutorials' way: ToTensor + DataLoader + per-batch .item()."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from aexp.train import build, resolve_device
+    cfg = compose([*overrides, "dataset=mnist", f"dataset.root={root}"])
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = build(cfg.model, in_shape=(1, 28, 28), out_shape=(1, 28, 28)).to(dev)
+    loss_fn = build(cfg.loss)
+    optimizer = build(cfg.optimizer, params=model.parameters())
+    kwargs = {"num_workers": 1, "pin_memory": True} if dev.type == "cuda" else {}
+    ds = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, **kwargs)
+    rates = []
+    for _ in range(epochs):
+        model.train()
+        t0, train_loss = time.perf_counter(), 0.0
+        for data, _ in loader:
+            data = data.to(dev)
+            optimizer.zero_grad()
+            loss = loss_fn(model(data), data, data, model)["loss"]
+            loss.backward()
+            train_loss += loss.item()
+            optimizer.step()
+        rates.append(len(ds) / (time.perf_counter() - t0))
+    return {"samples_per_s": statistics.median(rates[1:] or rates), "epochs": epochs}
+
+
+def matmul_peak(device, n=2048, reps=10) -> float:
+    """Best measured float32 matmul FLOP/s for an n x n product."""
+    dev = torch.device(device)
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    best = float("inf")
+    for _ in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def dense_step_flops(model, batch) -> float:
+    """Matmul FLOPs of one training step of a dense model: forward 2·B·in·out per layer;
+    backward the same for the weight gradient and, except for the first layer, the input one."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    total = 0
+    for i, m in enumerate(linears):
+        mac = batch * m.in_features * m.out_features
+        total += 2 * mac * (2 if i == 0 else 3)
+    return float(total)
+
+
+def dense_step_fraction(root, batch_size, device) -> dict:
+    """FLOP/s of the dense AE's training step (resident batch, median of many steps) over peak."""
+    from aexp.data import mnist
+    from aexp.train import build, resolve_device
+    cfg = compose(["model=mlp", "loss=bce"])
+    dev = resolve_device(device)
+    model = build(cfg.model, in_shape=(1, 28, 28), out_shape=(1, 28, 28)).to(dev)
+    loss_fn, opt = build(cfg.loss), build(cfg.optimizer, params=model.parameters())
+    x = mnist(str(root)).train.x[:batch_size].to(dev).float() / 255
+    times = []
+    for i in range(60):
+        _sync(dev)
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x), x, x, model)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(dev)
+        if i >= 10:
+            times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    flops = dense_step_flops(model, batch_size)
+    peak = matmul_peak(device)
+    return {"step_ms": step * 1e3, "step_gflops": flops / step / 1e9, "peak_gflops": peak / 1e9,
+            "fraction_of_peak": flops / step / peak}
+
+
+def frame_overhead(root, device) -> dict:
+    """Frame + metrics-row cost as a share of an epoch, for the default colours run and an MNIST MLP."""
+    from aexp.metrics import read_csv
+    from aexp.train import train
+    out = {}
+    for name, overrides in {"colors linear": [], "mnist mlp": ["model=mlp", "loss=bce", "dataset=mnist",
+                                                                 f"dataset.root={root}"]}.items():
+        cfg = compose([*overrides, "train.epochs=3", f"device={device}"])
+        with tempfile.TemporaryDirectory() as tmp:
+            train(cfg, Path(tmp))
+            rows = read_csv(Path(tmp) / "metrics.csv")
+        frac = [r["frame_seconds"] / r["seconds"] for r in rows]
+        out[name] = {"overhead_pct": 100 * statistics.median(frac),
+                     "epoch_s": statistics.median(r["seconds"] for r in rows)}
+    return out
+
+
+def render_per_frame(device) -> dict:
+    from aexp.render import render
+    from aexp.train import train
+    cfg = compose(["train.epochs=30", "dataset.n_train=1000", f"device={device}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, Path(tmp))
+        t0 = time.perf_counter()
+        render(Path(tmp))
+        dt = time.perf_counter() - t0
+    return {"ms_per_frame": dt / 31 * 1e3, "frames": 31}
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m aexp.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--root", help="folder holding MNIST/raw (default: synthetic MNIST-shaped data)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (first is warm-up)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
+    ap.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    args = ap.parse_args(argv)
+    from aexp.paths import conf_dir
+    from aexp.train import resolve_device
+    device = str(resolve_device(args.device))
+    tmp = tempfile.TemporaryDirectory()
+    root = Path(args.root) if args.root else synthetic_mnist(Path(tmp.name))
+    available = {p.stem for p in (conf_dir() / "model").glob("*.yaml")}
+    report = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+                          "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+                          "torch": torch.__version__},
+              "data": "real MNIST" if args.root else "synthetic MNIST-shaped", "batch_size": args.batch_size,
+              "models": {}}
+    for name in args.models.split(","):
+        overrides = MODELS[name]
+        if overrides[0].split("=")[1] not in available:
+            report["models"][name] = {"skipped": f"no {overrides[0]} config"}
+            continue
+        a = aexp_throughput(overrides, root, args.epochs, args.batch_size, device)
+        c = conventional_throughput(overrides, root, args.epochs, args.batch_size, device)
+        report["models"][name] = {"aexp_samples_per_s": a["samples_per_s"],
+                                  "conventional_samples_per_s": c["samples_per_s"],
+                                  "ratio": a["samples_per_s"] / c["samples_per_s"]}
+        print(name, report["models"][name], flush=True)
+    report["dense_step"] = dense_step_fraction(root, args.batch_size, device)
+    report["frames_metrics_overhead"] = frame_overhead(root, device)
+    report["render"] = render_per_frame(device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    (args.out / "bench.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def markdown(r) -> str:
+    m = r["machine"]
+    lines = [f"Machine: {m['device']} · {m['cpu_threads']} CPU threads · torch {m['torch']} · "
+             f"{r['data']} · batch {r['batch_size']}", "",
+             "| model | aexp samples/s | conventional samples/s | ratio |", "| --- | ---: | ---: | ---: |"]
+    for name, v in r["models"].items():
+        if "skipped" in v:
+            lines.append(f"| {name} | – | – | skipped ({v['skipped']}) |")
+        else:
+            lines.append(f"| {name} | {v['aexp_samples_per_s']:,.0f} | {v['conventional_samples_per_s']:,.0f} "
+                         f"| {v['ratio']:.2f}× |")
+    d = r["dense_step"]
+    lines += ["", f"Dense AE step (batch {r['batch_size']}): {d['step_ms']:.2f} ms, {d['step_gflops']:.1f} GFLOP/s "
+              f"= {100 * d['fraction_of_peak']:.0f}% of measured matmul peak ({d['peak_gflops']:.1f} GFLOP/s)", ""]
+    for name, v in r["frames_metrics_overhead"].items():
+        lines.append(f"Frames + metrics overhead, {name}: {v['overhead_pct']:.1f}% of a {v['epoch_s']:.2f} s epoch")
+    lines.append(f"\n`aexp render`: {r['render']['ms_per_frame']:.1f} ms per frame")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
