@@ -145,3 +145,45 @@ def test_colorization_report_and_pictures(tmp_path):
     assert_pictures(tmp_path / "pictures", {"colorization.png", "colorization_ab.png", "accuracy_vs_bound.png",
                                              "latent_pca.png"})
     assert not (tmp_path / "pictures" / "samples.png").exists()
+
+
+class _Linear(nn.Module):
+    """A linear image AE exposing W2·W1, as the linear no-bias models do."""
+
+    def __init__(self, n=64, k=8):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(n, k, bias=False), nn.Linear(k, n, bias=False)
+
+    def encode(self, x):
+        return self.enc(x.flatten(1))
+
+    def decode(self, z):
+        return torch.sigmoid(self.dec(z)).view(-1, 1, 8, 8)
+
+    def forward(self, x):
+        z = self.encode(x)
+        return Output(self.decode(z), z, {})
+
+    def weight_product(self):
+        return self.dec.weight @ self.enc.weight
+
+
+def test_denoising_and_weight_product_pictures(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    imgs = lambda n: (torch.rand(n, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+
+    def batch(split, idx=None, train=False):
+        x = (split.x if idx is None else split.x[idx]).float() / 255
+        return ((x + 0.3 * torch.randn_like(x)).clamp(0, 1) if train else x), x   # noisy input, clean target
+
+    labels = lambda n: torch.arange(n) % 3
+    data = SimpleNamespace(name="fake", kind="image", train=Split(imgs(30), labels(30)), val=Split(imgs(9)),
+                           test=Split(imgs(24), labels(24)), num_classes=3, classes=["a", "b", "c"], batch=batch)
+    run = SimpleNamespace(run_dir=tmp_path, data=data, model=_Linear().eval(), device=torch.device("cpu"),
+                          state={"epoch": 1}, cfg=None)
+    rep = evaluate(run, settings(None, tsne=False, nll_samples=0, classifier={"enabled": False}))
+    assert "vae" not in rep and "classifier" not in rep and rep["latent"]["dim"] == 8
+    assert_pictures(tmp_path / "pictures", {"reconstruction.png", "denoising.png", "weight_product.png",
+                                             "samples.png", "latent_pca.png", "interpolation.gif"})
+    with Image.open(tmp_path / "pictures" / "denoising.png") as im:   # 3 row groups of enlarged 8x8 tiles
+        assert im.height > im.width / 12 * 3 * 0.9
