@@ -17,7 +17,7 @@ from torch import nn
 
 from aexp import checkpoint
 
-VERSION = 1  # bump when the architecture or training changes, so old caches are not reused
+VERSION = 2  # bump when the architecture or training changes, so old caches are not reused
 
 
 def default_cache_dir() -> Path:
@@ -28,7 +28,7 @@ class SmallCNN(nn.Module):
     """Two conv blocks, adaptive pooling to 4×4, two dense layers; takes any image of at least
     4×4 pixels and any number of channels."""
 
-    def __init__(self, channels: int, num_classes: int, width: int = 32):
+    def __init__(self, channels: int, num_classes: int, width: int = 16):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),

@@ -153,6 +153,8 @@ def latent_stats(pred: dict) -> dict:
 
 def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
     """Every number for a loaded run (see `aexp.runs.load_run`); writes eval.json and pictures."""
+    import time
+    t0 = time.perf_counter()
     data, model = run.data, run.model
     task = getattr(data, "task", "reconstruct")
     pred = predict(model, data, data.test, int(ev.batch_size))
@@ -176,6 +178,7 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
     if pictures:
         from aexp import pictures as pics
         report["pictures"] = [str(p.relative_to(run.run_dir)) for p in pics.make_all(run, pred, report, ev)]
+    report["eval_seconds"] = round(time.perf_counter() - t0, 3)
     path = run.run_dir / "eval.json"
     atomic_write(path, lambda f: f.write(json.dumps(report, indent=2).encode()))
     return report
@@ -220,7 +223,8 @@ def after_training(cfg, run_dir) -> None:
     except AexpError as e:
         console.print(f"[yellow]aexp: warning: evaluation failed: {e}[/]")
         return
-    console.print(f"[bold]eval[/] {len(report.get('pictures', []))} pictures and eval.json in {run_dir}")
+    console.print(f"[bold]eval[/] {len(report.get('pictures', []))} pictures and eval.json in {run_dir} "
+                  f"({report['eval_seconds']:.1f}s)")
 
 
 def main(argv: list[str]) -> int:
