@@ -96,11 +96,11 @@ def test_classifier_is_trained_once_and_cached(tmp_path):
     data = mnist(str(make_mnist(tmp_path / "d", n_train=300, n_test=60)), val_size=20)
     x, y = data.batch(data.train)[0], data.train.y
     cfg = {"_target_": "aexp.data.mnist", "root": "x"}
-    model, path, cached = classifier.get(cfg, "reconstruct", x, y, 10, tmp_path / "c", epochs=8)
+    model, path, cached = classifier.get(cfg, "reconstruct", x, y, 10, tmp_path / "c", epochs=15)
     assert not cached and path.is_file()
     test_x = data.batch(data.test)[0]
     assert classifier.accuracy(model, test_x, data.test.y) > 0.9    # the blobs are separable
-    again, path2, cached2 = classifier.get(cfg, "reconstruct", x, y, 10, tmp_path / "c", epochs=8)
+    again, path2, cached2 = classifier.get(cfg, "reconstruct", x, y, 10, tmp_path / "c", epochs=15)
     assert cached2 and path2 == path
     assert classifier.accuracy(again, test_x, data.test.y) == classifier.accuracy(model, test_x, data.test.y)
     _, other, _ = classifier.get({**cfg, "root": "y"}, "reconstruct", x, y, 10, tmp_path / "c", epochs=1)
