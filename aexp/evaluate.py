@@ -34,13 +34,16 @@ def settings(cfg=None, **overrides):
 
 
 def view_rgb(data, inputs, values):
-    """What a person (or the classifier) looks at: the image itself for reconstruction; for
-    colourisation the RGB image made from the L input and a,b values (None when the dataset
-    offers no `to_rgb`)."""
-    if getattr(data, "task", "reconstruct") != "colorize":
-        return values
+    """What a person (or the classifier) looks at, as RGB in [0, 1] through the dataset's
+    `to_rgb(input, values)`: the decoded reconstruction, or for colourisation the image made
+    from the L input and a,b values. `inputs` may be None for decoder outputs of a
+    reconstruction (its picture does not depend on the input). Datasets without `to_rgb` show
+    the values themselves (colourisation: nothing)."""
+    colorize = getattr(data, "task", "reconstruct") == "colorize"
     to_rgb = getattr(data, "to_rgb", None)
-    return to_rgb(inputs, values) if to_rgb else None
+    if to_rgb is None or (colorize and inputs is None):
+        return None if colorize else values
+    return to_rgb(values if inputs is None else inputs, values)
 
 
 @torch.no_grad()

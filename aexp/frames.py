@@ -5,6 +5,8 @@ A frame shows the latents of a fixed probe set from the validation data, coloure
 (or by the sample's own colour for the colours dataset), on axes that stay put between epochs.
 For a 2-D latent it also shows the decoder's output over a grid of latent points.
 Latents of more than two dimensions are projected on a PCA basis fitted once, at epoch 0.
+Each frame's raw probe latents are also kept (`latents_XXXX.npy`, float16; the probe's
+validation indices and labels once in `probe.npz`) for `aexp explore`'s epoch slider.
 """
 import math
 from pathlib import Path
@@ -12,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from aexp.checkpoint import atomic_write
 
 
 # matplotlib's tab10, so frames match the plots made with matplotlib.
@@ -32,10 +36,12 @@ class FrameWriter:
         self.size, self.grid = size, grid
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(data.val), generator=g)[:probe_size].to(data.val.x.device)
-        self.x = data.batch(data.val, idx)[0]
-        self.kind = data.kind
-        if data.kind == "colors":
-            self.colors = (self.x.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+        self.x, target = data.batch(data.val, idx)
+        self.probe = {"index": idx.cpu().numpy(),
+                      "label": None if data.val.y is None else data.val.y[idx].cpu().numpy()}
+        self.kind, self.task, self.decode = data.kind, data.task, data.decode
+        if data.kind == "colors":   # a colour's own RGB, whatever encoding the model sees
+            self.colors = (data.to_rgb(self.x, target).cpu().numpy() * 255).astype(np.uint8)
         elif data.val.y is not None:
             self.colors = PALETTE[data.val.y[idx].cpu().numpy() % len(PALETTE)]
         else:
@@ -51,7 +57,7 @@ class FrameWriter:
         p = self._project(z)
         self._update_limits(p, getattr(model, "latent_range", None))
         panels = [self._scatter(p.cpu().numpy())]
-        if z.shape[1] == 2:
+        if z.shape[1] == 2 and self.task == "reconstruct":   # other tasks decode no whole sample
             panels.append(self._decoded_plane(model, z.device))
         model.train(was_training)
         frame = np.full((self.size + 2 * MARGIN, len(panels) * (self.size + 2 * MARGIN), 3),
@@ -64,7 +70,16 @@ class FrameWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"epoch_{epoch:04d}.png"
         img.save(path, compress_level=1)
+        self._save_latents(z, epoch)
         return path
+
+    def _save_latents(self, z, epoch: int) -> None:
+        """A few KB per epoch; atomic, because the explorer may read them while training runs."""
+        if epoch == 0 or not (self.out_dir / "probe.npz").is_file():
+            probe = {k: v for k, v in self.probe.items() if v is not None}
+            atomic_write(self.out_dir / "probe.npz", lambda f: np.savez(f, **probe))
+        latents = z.cpu().numpy().astype(np.float16)
+        atomic_write(self.out_dir / f"latents_{epoch:04d}.npy", lambda f: np.save(f, latents))
 
     def _project(self, z):
         if z.shape[1] <= 2:
@@ -114,7 +129,7 @@ class FrameWriter:
             n = 100
             xs, ys = torch.linspace(x0, x1, n), torch.linspace(y1, y0, n)
             grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
-            rgb = model.decode(grid.to(device)).float().clamp(0, 1).reshape(n, n, 3)
+            rgb = self.decode(model.decode(grid.to(device)).float()).clamp(0, 1).reshape(n, n, 3)
             img = (rgb.cpu().numpy() * 255).astype(np.uint8)
         else:                       # a mosaic of decoded images
             n = self.grid

@@ -76,9 +76,9 @@ def pick(n_total: int, n: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode(model, z: torch.Tensor, device) -> np.ndarray | None:
+def decode(model, z: torch.Tensor, device, data) -> np.ndarray | None:
     """Decoded codes as tiles."""
-    return as_images(model.decode(z.to(device)).float().cpu())
+    return as_images(view_rgb(data, None, model.decode(z.to(device)).float().cpu()))
 
 
 def fitted_samples(z: torch.Tensor, n: int, gen) -> torch.Tensor:
@@ -104,7 +104,7 @@ def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
     x, y, x_hat = pred["x"][idx], pred["y"][idx], pred["x_hat"][idx]
     orig, recon = as_images(view_rgb(data, x, y)), as_images(view_rgb(data, x, x_hat))
     if task == "colorize":
-        files += colorization_pictures(out, x, y, x_hat, orig, recon)
+        files += colorization_pictures(out, data, x, y, x_hat, orig, recon)
     elif orig is not None and recon is not None:
         files.append(save(rows_over(orig, recon), out / "reconstruction.png", orig.shape[1]))
         files += denoising(out, data, model, dev, seed)
@@ -123,10 +123,10 @@ def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
     return files
 
 
-def colorization_pictures(out, x, y, x_hat, orig, recon) -> list[Path]:
+def colorization_pictures(out, data, x, y, x_hat, orig, recon) -> list[Path]:
     """Collage original | L | prediction, and the true vs predicted a,b channels."""
     files = []
-    lum = as_images(x[:, :1])
+    lum = as_images(view_rgb(data, x, torch.full_like(y, 0.5)))   # a,b at 0.5 = no colour
     if orig is not None and recon is not None and lum is not None:
         files.append(save(rows_over(orig[:12], lum[:12], recon[:12]), out / "colorization.png",
                           orig.shape[1]))
@@ -144,10 +144,17 @@ def denoising(out, data, model, dev, seed) -> list[Path]:
     idx = pick(len(split), 12, seed).to(split.x.device)
     torch.manual_seed(seed)
     noisy, clean = data.batch(split, idx, train=True)
-    if getattr(data, "task", "reconstruct") != "reconstruct" or noisy.shape != clean.shape \
-            or torch.equal(noisy, clean):
+    corruption = getattr(data, "corruption", None)
+    if corruption is not None:   # the dataset says whether it corrupts
+        from aexp.corruption import NoCorruption
+        corrupts = not isinstance(corruption, NoCorruption)
+    else:                        # else: does a training input differ from its target?
+        corrupts = noisy.shape == clean.shape and not torch.equal(noisy, clean)
+    if getattr(data, "task", "reconstruct") != "reconstruct" or not corrupts:
         return []
-    tiles = [as_images(t) for t in (clean, noisy, model(noisy).x_hat)]
+    pipeline = getattr(data, "pipeline", None)   # inputs may be normalised: show them in [0, 1]
+    shown = pipeline.unnormalize(noisy) if pipeline is not None else noisy
+    tiles = [as_images(view_rgb(data, None, t)) for t in (clean, shown, model(noisy).x_hat)]
     if any(t is None for t in tiles):
         return []
     return [save(rows_over(*tiles), out / "denoising.png", tiles[0].shape[1])]
@@ -160,12 +167,12 @@ def decoder_pictures(out, model, dev, data, pred, seed) -> list[Path]:
     gen = torch.Generator().manual_seed(seed)
     prior = "mu" in pred
     samples = torch.randn(64, *z.shape[1:], generator=gen) if prior else fitted_samples(z, 64, gen)
-    tiles = decode(model, samples, dev)
+    tiles = decode(model, samples, dev, data)
     if tiles is not None:
         files.append(save(grid(tiles, 8), out / "samples.png", tiles.shape[1]))
     if z.dim() == 2 and z.shape[1] == 2:
         files += latent_plane(out, model, dev, data, z)
-    return files + interpolations(out, model, dev, pred, seed)
+    return files + interpolations(out, model, dev, data, pred, seed)
 
 
 def latent_plane(out, model, dev, data, z) -> list[Path]:
@@ -179,7 +186,7 @@ def latent_plane(out, model, dev, data, z) -> list[Path]:
     xs = torch.linspace(float(lo[0]), float(hi[0]), n)
     ys = torch.linspace(float(hi[1]), float(lo[1]), n)
     pts = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
-    tiles = decode(model, pts, dev)
+    tiles = decode(model, pts, dev, data)
     if tiles is None:
         return []
     if data.kind == "colors":
@@ -188,7 +195,7 @@ def latent_plane(out, model, dev, data, z) -> list[Path]:
                  TILE if data.kind == "colors" else tiles.shape[1])]
 
 
-def interpolations(out, model, dev, pred, seed) -> list[Path]:
+def interpolations(out, model, dev, data, pred, seed) -> list[Path]:
     """A mosaic over origin + u·(A − origin) + v·(B − origin), and a GIF of 8 pairs morphing
     from one code to the other and back."""
     z, labels = pred["z"], pred["labels"]
@@ -203,7 +210,7 @@ def interpolations(out, model, dev, pred, seed) -> list[Path]:
     o, a, b = (z[int(i)] for i in anchors)
     ts = torch.linspace(0, 1, 9)
     mosaic = torch.stack([o + u * (a - o) + v * (b - o) for v in ts for u in ts])
-    tiles = decode(model, mosaic, dev)
+    tiles = decode(model, mosaic, dev, data)
     if tiles is not None:
         files.append(save(grid(tiles, 9), out / "interpolation_mosaic.png", tiles.shape[1]))
     pairs = pick(len(z), 16, seed + 2)
@@ -214,7 +221,7 @@ def interpolations(out, model, dev, pred, seed) -> list[Path]:
     steps = torch.cat([torch.linspace(0, 1, 16), torch.linspace(1, 0, 16)[1:-1]])
     frames = []
     for t in steps:
-        tiles = decode(model, src + t * (dst - src), dev)
+        tiles = decode(model, src + t * (dst - src), dev, data)
         if tiles is None:
             return files
         frames.append(grid(tiles, len(tiles)))

@@ -92,7 +92,9 @@ def latent_scatters(pred: dict, data, out: Path, seed: int, tsne: bool, tsne_poi
     latent when it is 1-D or 2-D, else PCA and (optionally) t-SNE of a subsample."""
     z = pred["z"].flatten(1).numpy()
     labels = pred["labels"].numpy() if pred["labels"] is not None else None
-    colors = pred["y"].clamp(0, 1).numpy() if data.kind == "colors" and pred["y"].dim() == 2 else "tab:blue"
+    from aexp.evaluate import view_rgb
+    rgb = view_rgb(data, pred["x"], pred["y"]) if data.kind == "colors" else None
+    colors = rgb.clamp(0, 1).numpy() if rgb is not None and rgb.dim() == 2 else "tab:blue"
     if labels is not None and data.kind == "colors":
         labels = None
     classes = list(getattr(data, "classes", []) or [])

@@ -46,9 +46,9 @@ def seed_everything(seed: int) -> None:
 
 
 def build_parts(cfg, device) -> tuple:
-    """Data (resident on `device`), model and loss of a run config: what training, evaluation
-    and every command that loads a finished run share."""
-    data = build(cfg.dataset).to(device)
+    """Data (resident on `device`, with the run's task and corruption), model and loss of a
+    run config: what training, evaluation and every command that loads a finished run share."""
+    data = build(cfg.dataset).prepare(build(cfg.task), build(cfg.corruption)).to(device)
     model = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape).to(device)
     return data, model, build(cfg.loss)
 
@@ -140,6 +140,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
+            data.new_epoch(gen)                 # fresh samples, for datasets drawn per epoch
             perm = torch.randperm(n, generator=gen).to(device, non_blocking=True)
             sums, shown = {}, 0.0
             for step in range(steps):
