@@ -9,6 +9,8 @@ commands:
   train   [overrides]   train one run (Hydra overrides; -m/--multirun sweeps; --help for config help)
   lr-find [overrides]   sweep the learning rate over a few hundred steps; plot + suggested lr
   render  RUN_DIR       turn a run's latent frames into latent.mp4 (--fps, --out, --gif)
+  eval    RUN_DIR       test metrics (eval.json), a table and pictures in RUN_DIR/pictures/
+  summary MULTIRUN_DIR  one table (CSV, Markdown) and plots over every job of a sweep
   explore RUN_DIR       write RUN_DIR/explorer.html, a page to click around the latent space (--serve)
 
 examples:
@@ -18,6 +20,8 @@ examples:
   aexp train resume=outputs/2026-01-01/12-00-00
   aexp lr-find model=conv dataset=mnist
   aexp render outputs/2026-01-01/12-00-00
+  aexp eval outputs/2026-01-01/12-00-00
+  aexp summary multirun/2026-01-01/12-00-00 --metric best_val_loss
   aexp explore outputs/2026-01-01/12-00-00 --projection tsne
 """
 
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command in HYDRA_COMMANDS:
         return _hydra(command, rest)
-    commands = {"render": "aexp.render", "explore": "aexp.explore"}
+    commands = {"render": "aexp.render", "eval": "aexp.evaluate", "summary": "aexp.summary",
+                "explore": "aexp.explore"}
     if command not in commands:
         print(f"aexp: unknown command '{command}' (choose from: {', '.join([*HYDRA_COMMANDS, *commands])}; "
               f"see aexp --help)", file=sys.stderr)

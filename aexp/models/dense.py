@@ -59,13 +59,10 @@ class MLP(nn.Module):
         )
 
     def weight_product(self) -> torch.Tensor:
-        """W_dec @ ... @ W_enc, the end-to-end linear map of a linear autoencoder (identity when
-        it has learned to copy its input). Only defined when every layer is linear."""
+        """W_last @ ... @ W_1, the product of the weight matrices: the end-to-end linear map when
+        every activation is the identity (the overcomplete model: it approaches I as the model
+        learns to copy its input); for other models just the product of the weights."""
         linears = [m for m in [*self.encoder, *self.decoder] if isinstance(m, nn.Linear)]
-        others = [m for m in [*self.encoder, *self.decoder]
-                  if not isinstance(m, (nn.Linear, nn.Flatten, nn.Identity))]
-        if others:
-            raise ConfigError("weight_product needs a linear model (activations 'none')")
         product = linears[0].weight
         for layer in linears[1:]:
             product = layer.weight @ product
