@@ -8,6 +8,8 @@ USAGE = """usage: aexp <command> [args]
 commands:
   train   [overrides]   train one run (Hydra overrides; -m/--multirun sweeps; --help for config help)
   render  RUN_DIR       turn a run's latent frames into latent.mp4 (--fps, --out, --gif)
+  eval    RUN_DIR       test metrics (eval.json), a table and pictures in RUN_DIR/pictures/
+  summary MULTIRUN_DIR  one table (CSV, Markdown) and plots over every job of a sweep
   explore RUN_DIR       write RUN_DIR/explorer.html, a page to click around the latent space (--serve)
 
 examples:
@@ -16,6 +18,8 @@ examples:
   aexp train -m optimizer.lr=1e-3,3e-3
   aexp train resume=outputs/2026-01-01/12-00-00
   aexp render outputs/2026-01-01/12-00-00
+  aexp eval outputs/2026-01-01/12-00-00
+  aexp summary multirun/2026-01-01/12-00-00 --metric best_val_loss
   aexp explore outputs/2026-01-01/12-00-00 --projection tsne
 """
 
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return _train(rest)
-    commands = {"render": "aexp.render", "explore": "aexp.explore"}
+    commands = {"render": "aexp.render", "eval": "aexp.evaluate", "summary": "aexp.summary",
+                "explore": "aexp.explore"}
     if command not in commands:
         print(f"aexp: unknown command '{command}' (choose from: train, {', '.join(commands)}; "
               f"see aexp --help)", file=sys.stderr)

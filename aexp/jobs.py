@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from aexp import distributed
 from aexp.checkpoint import atomic_write
 from aexp.errors import ConfigError
+from aexp.evaluate import flatten
 from aexp.metrics import read_csv
 
 MARKER = "COMPLETED.json"
@@ -61,7 +62,8 @@ def objective(cfg, run_dir: Path) -> float:
             raise ConfigError(f"objective.reduce must be one of {', '.join(pick)}, got {reduce!r}")
         return float(pick[reduce](values))
     evaluation = Path(run_dir) / "eval.json"
-    scores = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
+    # eval.json nests its sections; the objective names a leaf by its dotted path
+    scores = flatten(json.loads(evaluation.read_text())) if evaluation.is_file() else {}
     if name in scores:
         return float(scores[name])
     known = sorted(set(rows[0] if rows else []) | set(scores))

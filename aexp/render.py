@@ -41,6 +41,13 @@ def render(run_dir: Path, out: Path | None = None, fps: float = 10, gif: bool = 
         raise RenderError(f"no frames in {run_dir / 'frames'} (expected epoch_0000.png, ...)")
     frames = _load(paths)
     out = Path(out) if out else run_dir / ("latent.gif" if gif else "latent.mp4")
+    return write_video(out, frames, fps, gif)
+
+
+def write_video(out: Path, frames: list[np.ndarray], fps: float = 10, gif: bool = False) -> Path:
+    """Write RGB uint8 frames (all one size) as an MP4, or a looping GIF when `gif` or the name
+    ends in .gif. Every video aexp writes goes through here."""
+    out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if gif or out.suffix.lower() == ".gif":

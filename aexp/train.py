@@ -231,4 +231,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     total = sum(r["seconds"] for r in rows)
     console.print(f"[bold green]done[/] {len(rows)} epochs in {total:.1f}s · best val loss {best:.5g} · "
                   f"{run_dir}")
+    if main:
+        from aexp.evaluate import after_training   # test metrics + pictures when eval.enabled
+        after_training(cfg, run_dir)
     return rows[-1]

@@ -76,3 +76,9 @@ def aexp(*args, cwd=None, check=True, timeout=300):
         raise AssertionError(f"aexp {' '.join(map(str, args))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Cached evaluation classifiers go to a per-session folder, not the user's ~/.cache."""
+    os.environ.setdefault("AEXP_CACHE", str(tmp_path_factory.mktemp("aexp-cache")))

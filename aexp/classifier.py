@@ -1,0 +1,105 @@
+"""A small CNN classifier, trained once per dataset on the original training images and cached,
+so every run on that dataset is judged by the same classifier: its test accuracy on the
+originals against its accuracy on a model's reconstructions says how much class information
+the reconstructions keep.
+
+The cache file is named by a hash of the dataset config, the image view and the classifier's
+settings (`eval.classifier.cache_dir`, default `$AEXP_CACHE/classifiers` or
+`~/.cache/aexp/classifiers`)."""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aexp import checkpoint
+
+VERSION = 2  # bump when the architecture or training changes, so old caches are not reused
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("AEXP_CACHE", "~/.cache/aexp")).expanduser() / "classifiers"
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks, adaptive pooling to 4×4, two dense layers; takes any image of at least
+    4×4 pixels and any number of channels."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def cache_key(dataset_cfg: dict, view: str, epochs: int, seed: int) -> str:
+    blob = json.dumps({"dataset": dataset_cfg, "view": view, "epochs": epochs, "seed": seed,
+                       "version": VERSION}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        correct += int((model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
+    return correct / max(len(images), 1)
+
+
+def fit(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 2,
+        batch_size: int = 128, lr: float = 1e-3, seed: int = 0, log=None) -> SmallCNN:
+    """Train a SmallCNN on float images [N, C, H, W] (resident tensors, batched by index)."""
+    torch.manual_seed(seed)
+    model = SmallCNN(images.shape[1], num_classes).to(images.device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(images)
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(images.device)
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if log:
+            log(f"classifier epoch {epoch + 1}/{epochs}  loss {loss.item():.4f}")
+    return model.eval()
+
+
+def get(dataset_cfg: dict, view: str, train_images, train_labels, num_classes: int,
+        cache_dir=None, epochs: int = 2, seed: int = 0, log=None) -> tuple[SmallCNN, Path, bool]:
+    """The cached classifier for this dataset and view, trained now if there is none.
+    Returns (model in eval mode, cache file, whether it came from the cache)."""
+    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    name = str(dataset_cfg.get("_target_", "data")).rsplit(".", 1)[-1]
+    path = folder / f"{name}-{view}-{cache_key(dataset_cfg, view, epochs, seed)}.pt"
+    device = train_images.device
+    if path.is_file():
+        try:
+            state = checkpoint.load(path)
+            model = SmallCNN(state["channels"], state["num_classes"]).to(device)
+            model.load_state_dict(state["model"])
+            return model.eval(), path, True
+        except Exception:     # a stale or damaged cache entry is retrained, not fatal
+            pass
+    if log:
+        log(f"training the {name} classifier once ({len(train_images)} images, {epochs} epochs); "
+            f"cached at {path}")
+    model = fit(train_images, train_labels, num_classes, epochs=epochs, seed=seed, log=log)
+    try:
+        checkpoint.save(path, {"model": model.state_dict(), "channels": train_images.shape[1],
+                               "num_classes": num_classes, "dataset": json.dumps(dataset_cfg, default=str)})
+    except OSError:
+        pass  # an unwritable cache only costs retraining next time
+    return model, path, False

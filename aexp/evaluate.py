@@ -1,0 +1,255 @@
+"""`aexp eval RUN_DIR`: test-set numbers people can compare, written to `RUN_DIR/eval.json` and
+printed as a table, plus the run's pictures (see `aexp/pictures.py`). Also run at the end of
+training when `eval.enabled` is true.
+
+What is measured depends on what the run is (duck-typed, so new datasets and models join in):
+- every run: MSE, MAE, PSNR (and SSIM for images) of prediction against target, latent spread,
+  parameter count, training time;
+- a VAE (its output extras carry `mu` and `logvar`): ELBO and importance-sampled NLL;
+- colourisation (`data.task == "colorize"`): accuracy of a,b within bounds and the curve;
+- labelled images: a cached small CNN's accuracy on the originals and on the predictions."""
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from aexp import classifier, measures
+from aexp.checkpoint import atomic_write
+from aexp.errors import AexpError, ConfigError
+from aexp.metrics import read_csv
+
+CURVE_BOUNDS = [round(0.005 * i, 3) for i in range(51)]   # 0 .. 0.25, the accuracy-vs-bound curve
+
+
+def settings(cfg=None, **overrides):
+    """The `eval:` section: conf/config.yaml's defaults, then the run's own, then overrides (a run
+    trained before a setting existed still evaluates)."""
+    from aexp.paths import conf_dir
+    base = OmegaConf.load(conf_dir() / "config.yaml").get("eval", {})
+    own = (cfg.get("eval") if cfg is not None else None) or {}
+    return OmegaConf.merge(base, own, {k: v for k, v in overrides.items() if v is not None})
+
+
+def view_rgb(data, inputs, values):
+    """What a person (or the classifier) looks at, as RGB in [0, 1] through the dataset's
+    `to_rgb(input, values)`: the decoded reconstruction, or for colourisation the image made
+    from the L input and a,b values. `inputs` may be None for decoder outputs of a
+    reconstruction (its picture does not depend on the input). Datasets without `to_rgb` show
+    the values themselves (colourisation: nothing)."""
+    colorize = getattr(data, "task", "reconstruct") == "colorize"
+    to_rgb = getattr(data, "to_rgb", None)
+    if to_rgb is None or (colorize and inputs is None):
+        return None if colorize else values
+    return to_rgb(values if inputs is None else inputs, values)
+
+
+@torch.no_grad()
+def predict(model, data, split, batch_size: int) -> dict:
+    """Run the model over a split: inputs, targets, predictions, codes (and VAE posteriors), on
+    the CPU so pictures and metrics can use them freely."""
+    parts = {}
+    n = len(split)
+    for i in range(0, n, batch_size):
+        x, y = data.batch(split, torch.arange(i, min(i + batch_size, n), device=split.x.device))
+        out = model(x)
+        got = {"x": x, "y": y, "x_hat": out.x_hat, "z": out.z}
+        if "mu" in out.extras and "logvar" in out.extras:
+            got.update(mu=out.extras["mu"], logvar=out.extras["logvar"])
+        for k, v in got.items():
+            parts.setdefault(k, []).append(v.detach().float().cpu())
+    res = {k: torch.cat(v) for k, v in parts.items()}
+    res["labels"] = None if split.y is None else split.y.cpu()
+    return res
+
+
+def reconstruction(pred: dict, is_image: bool) -> dict:
+    p, t = pred["x_hat"].clamp(0, 1), pred["y"]
+    res = {"mse": measures.mse(pred["x_hat"], t).mean().item(),
+           "mae": measures.mae(pred["x_hat"], t).mean().item(),
+           "psnr": measures.psnr(p, t).mean().item()}
+    if is_image and p.dim() == 4:
+        res["ssim"] = torch.cat([measures.ssim(p[i:i + 500], t[i:i + 500])
+                                 for i in range(0, len(p), 500)]).mean().item()
+    return res
+
+
+def colorization(pred: dict, bounds) -> dict:
+    curve = measures.within_bound(pred["x_hat"].clamp(0, 1), pred["y"], CURVE_BOUNDS).mean(0)
+    at = measures.within_bound(pred["x_hat"].clamp(0, 1), pred["y"], bounds).mean(0)
+    return {"accuracy": {f"{b:g}": float(a) for b, a in zip(bounds, at)},
+            "curve": {"bounds": CURVE_BOUNDS, "accuracy": [float(a) for a in curve]}}
+
+
+@torch.no_grad()
+def vae_likelihood(model, data, ev, device) -> dict:
+    """ELBO and importance-sampled NLL (nats per test sample) under the decoder's likelihood.
+    Bernoulli on image data uses the standard binarised form: each test image stochastically
+    binarised once (pixel ~ Bernoulli(intensity), fixed seed), as in Burda et al. (2015)."""
+    k, n = int(ev.nll_samples), len(data.test)
+    if ev.nll_max_images:
+        n = min(n, int(ev.nll_max_images))
+    gen = torch.Generator(device=device).manual_seed(int(ev.seed))
+    binarize = ev.likelihood == "bernoulli" and ev.binarize and data.kind == "image"
+    if ev.likelihood == "bernoulli":
+        log_px = lambda x, z: measures.bernoulli_log_prob(x, model.decode(z))
+    elif ev.likelihood == "gaussian":
+        s = float(ev.gaussian_sigma)
+        log_px = lambda x, z: measures.gaussian_log_prob(
+            x.flatten(1), model.decode(z).flatten(1), torch.full_like(x.flatten(1), 2 * math.log(s)))
+    else:
+        raise ConfigError(f"eval.likelihood must be bernoulli or gaussian, got '{ev.likelihood}'")
+    nll, elbo = [], []
+    for i in range(0, n, int(ev.nll_batch)):
+        _, y = data.batch(data.test, torch.arange(i, min(i + int(ev.nll_batch), n), device=device))
+        if binarize:
+            y = torch.bernoulli(y.clamp(0, 1), generator=gen)
+        extras = model(y).extras
+        lw = measures.importance_log_weights(y, extras["mu"], extras["logvar"], log_px, k,
+                                             generator=gen)
+        a, b = measures.nll_and_elbo(lw)
+        nll.append(a.cpu())
+        elbo.append(b.cpu())
+    form = ("stochastically binarised test images (pixel ~ Bernoulli(intensity), seed "
+            f"{ev.seed})" if binarize else "test data as stored")
+    return {"nll": torch.cat(nll).mean().item(), "elbo": torch.cat(elbo).mean().item(),
+            "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form}
+
+
+def classifier_accuracy(run, pred, ev, log) -> dict | None:
+    data = run.data
+    if data.kind != "image" or data.train.y is None or data.test.y is None or not data.num_classes:
+        return None
+    test_orig = view_rgb(data, pred["x"], pred["y"])
+    test_pred = view_rgb(data, pred["x"], pred["x_hat"].clamp(0, 1))
+    if test_orig is None or test_orig.dim() != 4:
+        return None
+    x_tr, y_tr = data.batch(data.train)
+    train_view = view_rgb(data, x_tr, y_tr).float()
+    ds_cfg = OmegaConf.to_container(run.cfg.dataset, resolve=True)
+    view = getattr(data, "task", "reconstruct")
+    model, path, cached = classifier.get(ds_cfg, view, train_view, data.train.y.long(),
+                                         data.num_classes, ev.classifier.cache_dir,
+                                         int(ev.classifier.epochs), int(ev.seed), log)
+    dev = run.device
+    labels = pred["labels"].to(dev)
+    return {"accuracy_original": classifier.accuracy(model, test_orig.to(dev), labels),
+            "accuracy_reconstruction": classifier.accuracy(model, test_pred.to(dev), labels),
+            "cache": str(path), "from_cache": cached}
+
+
+def latent_stats(pred: dict) -> dict:
+    z = pred["z"].flatten(1)
+    std = z.std(0) if len(z) > 1 else torch.zeros(z.shape[1])
+    res = {"dim": z.shape[1], "std_mean": std.mean().item(), "std_min": std.min().item(),
+           "std_max": std.max().item(), "std": [round(float(s), 6) for s in std[:256]]}
+    if "mu" in pred:
+        sigma = torch.exp(0.5 * pred["logvar"])
+        res["posterior_sigma_mean"] = sigma.mean().item()
+        res["posterior_sigma"] = [round(float(s), 6) for s in sigma.mean(0)[:256]]
+        # Burda et al.: a unit is active when its posterior mean varies across data (Cov > 0.01)
+        res["active_units"] = int((pred["mu"].var(0) > 0.01).sum()) if len(z) > 1 else 0
+    return res
+
+
+def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
+    """Every number for a loaded run (see `aexp.runs.load_run`); writes eval.json and pictures."""
+    import time
+    t0 = time.perf_counter()
+    data, model = run.data, run.model
+    task = getattr(data, "task", "reconstruct")
+    pred = predict(model, data, data.test, int(ev.batch_size))
+    rows = read_csv(run.run_dir / "metrics.csv") if (run.run_dir / "metrics.csv").is_file() else []
+    report = {
+        "run_dir": str(run.run_dir), "checkpoint": str(ev.checkpoint), "epoch": run.state.get("epoch"),
+        "dataset": data.name, "task": task, "model": type(model).__name__, "n_test": len(data.test),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(sum(r.get("seconds") or 0 for r in rows), 3),
+        "reconstruction": reconstruction(pred, data.kind == "image"),
+        "latent": latent_stats(pred),
+    }
+    if task == "colorize":
+        report["colorization"] = colorization(pred, list(ev.bounds))
+    if "mu" in pred and int(ev.nll_samples) > 0:
+        report["vae"] = vae_likelihood(model, data, ev, run.device)
+    if ev.classifier.enabled:
+        acc = classifier_accuracy(run, pred, ev, log)
+        if acc:
+            report["classifier"] = acc
+    if pictures:
+        from aexp import pictures as pics
+        report["pictures"] = [str(p.relative_to(run.run_dir)) for p in pics.make_all(run, pred, report, ev)]
+    report["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    path = run.run_dir / "eval.json"
+    atomic_write(path, lambda f: f.write(json.dumps(report, indent=2).encode()))
+    return report
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested report -> {'reconstruction.psnr': ..}, scalars only (lists are left out)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif not isinstance(v, list):
+            out[key] = v
+    return out
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"aexp eval · {report['run_dir']}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in flatten(report).items():
+        if k in ("run_dir", "classifier.cache") or k.endswith(".data"):
+            continue
+        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+def after_training(cfg, run_dir) -> None:
+    """Called at the end of `train`: evaluate the run when `eval.enabled`. A failure of the
+    evaluation is reported but does not undo the training."""
+    ev = settings(cfg)
+    if not ev.enabled:
+        return
+    from aexp.runs import load_run
+    from aexp.train import console
+    try:
+        run = load_run(run_dir, which=str(ev.checkpoint), device=str(cfg.device))
+        report = evaluate(run, ev, log=console.log, pictures=bool(ev.pictures))
+    except AexpError as e:
+        console.print(f"[yellow]aexp: warning: evaluation failed: {e}[/]")
+        return
+    console.print(f"[bold]eval[/] {len(report.get('pictures', []))} pictures and eval.json in {run_dir} "
+                  f"({report['eval_seconds']:.1f}s)")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="aexp eval", description="Evaluate a run on its test split: "
+                                 "eval.json, a table, and pictures in RUN_DIR/pictures/.")
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--checkpoint", choices=["best", "last"], help="which checkpoint (default: eval.checkpoint)")
+    ap.add_argument("--nll-samples", type=int, help="importance samples K for the VAE NLL (0 = skip)")
+    ap.add_argument("--nll-max-images", type=int, help="test images for the NLL (0 = all)")
+    ap.add_argument("--no-classifier", action="store_true", help="skip the classifier accuracy")
+    ap.add_argument("--no-pictures", action="store_true", help="numbers only")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
+    args = ap.parse_args(argv)
+    from aexp.runs import load_run
+    run = load_run(args.run_dir, which=args.checkpoint or str(settings().checkpoint),
+                   device=args.device)
+    ev = settings(run.cfg, checkpoint=args.checkpoint, nll_samples=args.nll_samples,
+                  nll_max_images=args.nll_max_images)
+    if args.no_classifier:
+        ev.classifier.enabled = False
+    report = evaluate(run, ev, log=lambda m: print(m, flush=True), pictures=not args.no_pictures)
+    print_table(report)
+    print(f"wrote {run.run_dir / 'eval.json'}" +
+          (f" and {len(report['pictures'])} pictures in {run.run_dir / 'pictures'}" if "pictures" in report else ""))
+    return 0

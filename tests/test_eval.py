@@ -1,0 +1,189 @@
+"""`aexp eval` and `aexp summary` through the real entry point, the cached classifier, and the
+colourisation pictures on a stand-in colourisation dataset."""
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from aexp import classifier
+from aexp.data import Split
+from aexp.evaluate import evaluate, settings
+from aexp.models import Output
+from conftest import aexp, make_mnist
+
+TINY = ("dataset=mnist", "dataset.val_size=20", "train.epochs=2", "train.batch_size=32",
+        "frames.probe_size=20", "eval.tsne_points=60", "model.hidden=[32]")
+
+
+def assert_pictures(folder: Path, names: set):
+    found = {p.name for p in folder.iterdir()}
+    assert names <= found, names - found
+    for p in folder.iterdir():
+        with Image.open(p) as im:
+            im.load()
+            assert 100 <= im.width <= 4000 and 60 <= im.height <= 4000, (p.name, im.size)
+
+
+def test_eval_of_a_tiny_vae(tmp_path, tiny_mnist):
+    run = tmp_path / "run"
+    aexp("train", "model=vae", *TINY, f"dataset.root={tiny_mnist}", "eval.nll_samples=64",
+         f"hydra.run.dir={run}")
+    auto = json.loads((run / "eval.json").read_text())      # written at the end of training
+    assert auto["checkpoint"] == "best" and auto["vae"]["samples"] == 64
+    (run / "eval.json").unlink()
+    out = aexp("eval", run, "--checkpoint", "last", "--nll-samples", "32")
+    assert "reconstruction.psnr" in out.stdout and "vae.nll" in out.stdout
+    rep = json.loads((run / "eval.json").read_text())
+    assert rep["checkpoint"] == "last" and rep["epoch"] == 2 and rep["n_test"] == 40
+    assert set(rep["reconstruction"]) == {"mse", "mae", "psnr", "ssim"}
+    r = rep["reconstruction"]
+    assert 0 < r["mse"] < r["mae"] < 1 and r["psnr"] == pytest.approx(r["psnr"]) and -1 < r["ssim"] <= 1
+    v = rep["vae"]
+    assert v["samples"] == 32 and v["images"] == 40 and "binarised" in v["data"]
+    assert 0 < v["nll"] < 784 * 0.7 and v["elbo"] <= -v["nll"]
+    c = rep["classifier"]
+    assert 0 <= c["accuracy_original"] <= 1 and 0 <= c["accuracy_reconstruction"] <= 1
+    assert c["from_cache"] is True                           # trained once, at the end of training
+    lat = rep["latent"]
+    assert lat["dim"] == 2 and len(lat["std"]) == 2 and lat["posterior_sigma_mean"] > 0
+    assert rep["parameters"] > 0 and rep["train_seconds"] > 0
+    assert_pictures(run / "pictures", {
+        "reconstruction.png", "samples.png", "latent_plane.png", "interpolation_mosaic.png",
+        "interpolation.gif", "loss_curves.png", "latent_scatter.png"})
+    assert sorted(rep["pictures"]) == sorted(f"pictures/{p.name}" for p in (run / "pictures").iterdir())
+    with Image.open(run / "pictures" / "interpolation.gif") as gif:
+        assert gif.n_frames > 10
+
+
+def test_eval_of_a_missing_run_is_one_line(tmp_path):
+    proc = aexp("eval", tmp_path / "nope", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "aexp: error:" in proc.stderr
+
+
+def test_summary_lists_done_and_failed_jobs(tmp_path, tiny_mnist):
+    sweep = tmp_path / "sweep"
+    # the linear colour model cannot take MNIST: job 1 fails, the sweep goes on
+    proc = aexp("train", "-m", "model=mlp,linear", "model.latent_dim=8", *TINY, f"dataset.root={tiny_mnist}",
+                f"hydra.sweep.dir={sweep}", check=False)
+    assert proc.returncode == 2 and "3 input features" in proc.stderr
+    assert (sweep / "1" / "FAILED").is_file()
+    assert_pictures(sweep / "0" / "pictures", {"latent_pca.png", "latent_tsne.png", "samples.png",
+                                                "interpolation_mosaic.png"})
+    assert not (sweep / "0" / "pictures" / "latent_plane.png").exists()   # 8-d latent
+    (sweep / "2" / ".hydra").mkdir(parents=True)                            # a job that never finished
+    out = aexp("summary", sweep, "--metric", "eval.reconstruction.psnr")
+    assert "failed" in out.stdout and "done" in out.stdout
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert [(r["job"], r["status"], r["model"]) for r in rows] == [
+        ("0", "done", "mlp"), ("1", "failed", "linear"), ("2", "incomplete", "")]
+    assert "3 input features" in rows[1]["note"]
+    assert float(rows[0]["best_val_loss"]) > 0 and float(rows[0]["eval.reconstruction.psnr"]) > 0
+    md = (sweep / "summary.md").read_text()
+    assert md.count("\n") == 2 + 3 and "| 1 | failed | linear |" in md
+    for name in ("summary_val_loss_curves.png", "summary_eval.reconstruction.psnr_vs_model.png"):
+        assert Image.open(sweep / name).width > 100
+    bad = aexp("summary", sweep, "--metric", "nope", check=False)
+    assert bad.returncode == 2 and "best_val_loss" in bad.stderr
+
+
+def test_classifier_is_trained_once_and_cached(tmp_path):
+    from aexp.data import mnist
+    data = mnist(str(make_mnist(tmp_path / "d", n_train=300, n_test=60)), val_size=20)
+    x, y = data.batch(data.train)[0], data.train.y
+    cfg = {"_target_": "aexp.data.mnist", "root": "x"}
+    model, path, cached = classifier.get(cfg, "reconstruct", x, y, 10, tmp_path / "c", epochs=15)
+    assert not cached and path.is_file()
+    test_x = data.batch(data.test)[0]
+    assert classifier.accuracy(model, test_x, data.test.y) > 0.9    # the blobs are separable
+    again, path2, cached2 = classifier.get(cfg, "reconstruct", x, y, 10, tmp_path / "c", epochs=15)
+    assert cached2 and path2 == path
+    assert classifier.accuracy(again, test_x, data.test.y) == classifier.accuracy(model, test_x, data.test.y)
+    _, other, _ = classifier.get({**cfg, "root": "y"}, "reconstruct", x, y, 10, tmp_path / "c", epochs=1)
+    assert other != path                                            # keyed by the dataset config
+
+
+class _Colorizer(nn.Module):
+    """L -> a,b by a 1x1 convolution (a stand-in colourisation model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+
+    def encode(self, x):
+        return self.conv(x)
+
+    def decode(self, z):
+        return torch.sigmoid(z)
+
+    def forward(self, x):
+        z = self.encode(x)
+        return Output(self.decode(z), z, {})
+
+
+def test_colorization_report_and_pictures(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    rgb = lambda n: (torch.rand(n, 3, 12, 12, generator=g) * 255).to(torch.uint8)
+
+    def batch(split, idx=None, train=False):
+        x = split.x if idx is None else split.x[idx]
+        x = x.float() / 255
+        return x.mean(1, keepdim=True), x[:, :2]          # "L" and "a,b" for the test
+
+    data = SimpleNamespace(name="fake", kind="image", task="colorize", train=Split(rgb(40)), val=Split(rgb(10)),
+                           test=Split(rgb(30)), num_classes=None, classes=[], batch=batch,
+                           to_rgb=lambda L, ab: torch.cat([ab, L], 1))
+    run = SimpleNamespace(run_dir=tmp_path, data=data, model=_Colorizer().eval(), device=torch.device("cpu"),
+                          state={"epoch": 1}, cfg=None)
+    rep = evaluate(run, settings(None, tsne=False))
+    acc = rep["colorization"]["accuracy"]
+    assert set(acc) == {"0.01", "0.05", "0.1"} and acc["0.01"] <= acc["0.05"] <= acc["0.1"]
+    assert_pictures(tmp_path / "pictures", {"colorization.png", "colorization_ab.png", "accuracy_vs_bound.png",
+                                             "latent_pca.png"})
+    assert not (tmp_path / "pictures" / "samples.png").exists()
+
+
+class _Linear(nn.Module):
+    """A linear image AE exposing W2·W1, as the linear no-bias models do."""
+
+    def __init__(self, n=64, k=8):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(n, k, bias=False), nn.Linear(k, n, bias=False)
+
+    def encode(self, x):
+        return self.enc(x.flatten(1))
+
+    def decode(self, z):
+        return torch.sigmoid(self.dec(z)).view(-1, 1, 8, 8)
+
+    def forward(self, x):
+        z = self.encode(x)
+        return Output(self.decode(z), z, {})
+
+    def weight_product(self):
+        return self.dec.weight @ self.enc.weight
+
+
+def test_denoising_and_weight_product_pictures(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    imgs = lambda n: (torch.rand(n, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+
+    def batch(split, idx=None, train=False):
+        x = (split.x if idx is None else split.x[idx]).float() / 255
+        return ((x + 0.3 * torch.randn_like(x)).clamp(0, 1) if train else x), x   # noisy input, clean target
+
+    labels = lambda n: torch.arange(n) % 3
+    data = SimpleNamespace(name="fake", kind="image", train=Split(imgs(30), labels(30)), val=Split(imgs(9)),
+                           test=Split(imgs(24), labels(24)), num_classes=3, classes=["a", "b", "c"], batch=batch)
+    run = SimpleNamespace(run_dir=tmp_path, data=data, model=_Linear().eval(), device=torch.device("cpu"),
+                          state={"epoch": 1}, cfg=None)
+    rep = evaluate(run, settings(None, tsne=False, nll_samples=0, classifier={"enabled": False}))
+    assert "vae" not in rep and "classifier" not in rep and rep["latent"]["dim"] == 8
+    assert_pictures(tmp_path / "pictures", {"reconstruction.png", "denoising.png", "weight_product.png",
+                                             "samples.png", "latent_pca.png", "interpolation.gif"})
+    with Image.open(tmp_path / "pictures" / "denoising.png") as im:   # 3 row groups of enlarged 8x8 tiles
+        assert im.height > im.width / 12 * 3 * 0.9
