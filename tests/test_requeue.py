@@ -23,6 +23,7 @@ from conftest import ROOT, aexp
 EPOCHS = 5
 RUN = [f"train.epochs={EPOCHS}", "dataset.n_train=3000", "dataset.n_val=100", "train.batch_size=16",
        "frames.probe_size=50", "device=cpu"]
+SWEEP = ["train", "-m", "hydra/launcher=submitit_local", *RUN]
 
 
 def job_processes(sweep: Path) -> list[int]:
@@ -81,51 +82,78 @@ def test_sigterm_is_not_handed_to_submitit(submitit_handler):
     assert submitit_handler == []
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the job process in /proc")
-def test_submitit_local_job_stopped_and_requeued_resumes_from_its_checkpoint(tmp_path):
-    sweep = tmp_path / "sweep"
+def launch_and_signal(sweep: Path, signum) -> tuple[int, str]:
+    """Start a one-job submitit_local sweep, send `signum` to the job once its first epoch is
+    saved (mid-run), and wait for the sweep: (exit code, output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
-    launch = subprocess.Popen([sys.executable, "-m", "aexp.cli", "train", "-m", "hydra/launcher=submitit_local",
-                               *RUN, f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launch = subprocess.Popen([sys.executable, "-m", "aexp.cli", *SWEEP, f"hydra.sweep.dir={sweep}"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        # Once the first epoch is saved the job is mid-run: signal it as the scheduler would.
         wait_for(lambda: (sweep / "0" / "checkpoints" / "last.pt").is_file(), what="the first checkpoint")
         pids = job_processes(sweep)
         assert len(pids) == 1, pids
-        os.kill(pids[0], signal.SIGUSR2)
+        os.kill(pids[0], signum)
         out, _ = launch.communicate(timeout=300)
     finally:
         if launch.poll() is None:
             launch.kill()
-    assert launch.returncode == 0, out[-3000:]
+    return launch.returncode, out
 
-    job = sweep / "0"
+
+def job_log(sweep: Path) -> tuple[Path, str]:
     (log_dir,) = [d for d in (sweep / ".submitit").iterdir() if (d / f"{d.name}_0_log.err").is_file()]
-    err = (log_dir / f"{log_dir.name}_0_log.err").read_text()
-    log = err + (log_dir / f"{log_dir.name}_0_log.out").read_text()
-    stop = re.search(r"stopped by SIGUSR2 at epoch (\d+), step (\d+)", err)
+    return log_dir, (log_dir / f"{log_dir.name}_0_log.err").read_text()
+
+
+def assert_resumed_where_it_stopped(err: str, job: Path, signame: str, tmp_path: Path) -> None:
+    """The log shows the stop and the resume at the same step, each epoch trained once, and the
+    finished run equals the same config left alone, in one process."""
+    stop = re.search(rf"stopped by {signame} at epoch (\d+), step (\d+)", err)
     assert stop, err[-3000:]
     epoch, step = int(stop[1]), int(stop[2])
     assert 1 < epoch <= EPOCHS
-    assert "Requeued job" in log                      # submitit requeued it ...
-    assert len(re.findall(r"Starting with JobEnvironment", log)) == 2   # ... and ran it again,
-    # continuing where it stopped: no finished epoch was trained twice.
     assert f"resuming from {job / 'checkpoints' / 'last.pt'} after epoch {epoch - 1}, step {step}" in err
     for e in range(1, EPOCHS + 1):
         assert len(re.findall(rf"epoch {e}/{EPOCHS}  train", err)) == 1, e
-    status, _ = pickle.loads((log_dir / f"{log_dir.name}_0_result.pkl").read_bytes())
-    assert status == "success"
     assert (job / MARKER).is_file()
     assert torch.load(job / "checkpoints" / "last.pt", weights_only=True)["epoch"] == EPOCHS
-
-    # The same config left alone, in one process: the same losses at every epoch.
     alone = tmp_path / "alone"
     aexp("train", *RUN, f"hydra.run.dir={alone}")
     assert len(losses(job)) == EPOCHS
     for got, want in zip(losses(job), losses(alone)):
         assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the job process in /proc")
+def test_submitit_local_job_stopped_and_requeued_resumes_from_its_checkpoint(tmp_path):
+    # USR2, as SLURM sends before the time limit: submitit requeues the job by itself.
+    sweep = tmp_path / "sweep"
+    code, out = launch_and_signal(sweep, signal.SIGUSR2)
+    assert code == 0, out[-3000:]
+    log_dir, err = job_log(sweep)
+    log = err + (log_dir / f"{log_dir.name}_0_log.out").read_text()
+    assert "Requeued job" in log                      # submitit requeued it ...
+    assert len(re.findall(r"Starting with JobEnvironment", log)) == 2   # ... and ran it again
+    status, _ = pickle.loads((log_dir / f"{log_dir.name}_0_result.pkl").read_bytes())
+    assert status == "success"
+    assert_resumed_where_it_stopped(err, sweep / "0", "SIGUSR2", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the job process in /proc")
+def test_submitit_local_job_terminated_resumes_when_the_sweep_is_run_again(tmp_path):
+    # SIGTERM, as `scancel` sends: the job saves and stops, is not requeued, and the sweep says so
+    # in one line; the same command again resumes it.
+    sweep = tmp_path / "sweep"
+    code, out = launch_and_signal(sweep, signal.SIGTERM)
+    assert code == 1
+    assert "has not produced any output" in out and "Traceback" not in out, out[-3000:]
+    assert not (sweep / "0" / MARKER).exists()
+    aexp(*SWEEP, f"hydra.sweep.dir={sweep}")
+    logs = "".join(f.read_text() for f in (sweep / ".submitit").glob("*/*_0_log.err"))
+    assert "Requeued job" not in logs + "".join(f.read_text() for f in (sweep / ".submitit").glob("*/*_0_log.out"))
+    assert_resumed_where_it_stopped(logs, sweep / "0", "SIGTERM", tmp_path)
 
 
 def test_slurm_config_asks_for_the_requeue_signal_and_a_requeueable_job(monkeypatch):
