@@ -1,7 +1,8 @@
 """A submitit job stopped by its scheduler is requeued and continues from its own checkpoint.
 Under hydra/launcher=submitit_local the job gets the signal SLURM sends before the time limit
 (`--signal=USR2@signal_delay_s`) or on preemption, and submitit's local controller restarts it,
-as SLURM would. The finished run must equal one left alone."""
+as SLURM would; a job stopped by SIGTERM (`scancel`) is not requeued and resumes when the sweep
+is run again. Either way the finished run must equal one left alone."""
 import csv
 import os
 import pickle
