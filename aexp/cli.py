@@ -97,6 +97,13 @@ def _hydra(command: str, argv: list[str]) -> int:
         return _fail(str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
         return _fail(_one_line(e))
+    except Exception as e:
+        if not type(e).__module__.startswith("submitit."):
+            raise
+        # A submitit job that ended without a result (e.g. stopped by SIGTERM, not requeued):
+        # its own log says why; submitit's message repeats that log over many lines.
+        first = " ".join(str(e).split("\n")[:2])
+        return _fail(f"{first}; run the same command again to resume the unfinished jobs", 1)
     finally:
         distributed.shutdown()
     return status["code"]

@@ -1,31 +1,48 @@
 """Faults during training: SIGINT/SIGTERM become a request to stop at the next safe point (a step
 boundary, where the whole training state can be saved and resumed exactly), and a non-finite
-loss becomes a message naming where it happened."""
+loss becomes a message naming where it happened. Inside a submitit job (hydra/launcher=slurm or
+submitit_local) the scheduler's timeout/preemption signal is caught the same way and, once the
+checkpoint is saved, handed on to submitit, which requeues the job: the requeued job finds
+checkpoints/last.pt in its folder and continues from the very step it stopped at."""
+import os
 import signal
+import sys
 import threading
 
 import torch
 import torch.distributed
 
 from aexp import distributed
+from aexp.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def requeue_signal() -> signal.Signals | None:
+    """The signal submitit sends a job before its time limit (SLURM's --signal) or on preemption,
+    and answers by requeuing it: USR2 unless SUBMITIT_PREEMPT_SIGNAL names another. None outside
+    a submitit job. (SIGTERM is not one: `scancel` sends it, and a cancelled job must stay so.)"""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
 class StopSignals:
-    """Context manager: while active, SIGINT and SIGTERM only record themselves; the loop asks
-    `stop.requested()` at each safe point. A second signal of the same kind acts at once (the
-    previous handler is back), so a stuck run can still be killed with a second Ctrl-C."""
+    """Context manager: while active, SIGINT and SIGTERM (and submitit's requeue signal) only
+    record themselves; the loop asks `stop.requested()` at each safe point. A second signal of the
+    same kind acts at once (the previous handler is back), so a stuck run can still be killed with
+    a second Ctrl-C."""
 
     def __init__(self):
         self.signum = None
         self._previous = {}
+        self._requeue = requeue_signal()
 
     def __enter__(self):
         # Python delivers signals to the main thread only; elsewhere (a test runner's worker
         # thread) there is nothing to install and the run simply cannot be stopped this way.
         if threading.current_thread() is threading.main_thread():
-            for s in SIGNALS:
+            for s in (*SIGNALS, self._requeue) if self._requeue else SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
@@ -33,9 +50,18 @@ class StopSignals:
         self.signum = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        handler = self._previous.get(self._requeue)
+        stopped = exc_type is None or issubclass(exc_type, Interrupted)
+        if self.signum is not None and self.signum == self._requeue and callable(handler) and stopped:
+            # The run is saved (or finished): now submitit's own handler may act. It requeues the
+            # job and exits, or raises why it will not (e.g. timed out too many times). Swallowing
+            # the signal instead would leave a job that ends unfinished and is never requeued.
+            print(f"aexp: {exc or 'training finished'}; {self.name} handed on to submitit, which "
+                  f"requeues the job", file=sys.stderr, flush=True)
+            handler(self.signum, None)
         return False
 
     def requested(self) -> bool:

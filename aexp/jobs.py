@@ -110,9 +110,34 @@ def best_trial(sweep_dir: Path) -> tuple[Path | None, dict] | None:
     best = OmegaConf.to_container(OmegaConf.load(results))
     for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         given = dict(o.split("=", 1) for o in OmegaConf.load(overrides) if "=" in o)
-        if all(k in given and _same(given[k], v) for k, v in best.get("best_params", {}).items()):
+        params = best.get("best_params") or {}
+        if params and all(k in given and _same(given[k], v) for k, v in params.items()):
             return overrides.parent.parent, best
     return None, best
+
+
+def describe_best(sweep_dir: Path) -> tuple[Path | None, str] | None:
+    """(the best trial's job folder, one line saying which trial won, with what parameters and
+    value of which objective) for an Optuna sweep folder; None for other sweeps."""
+    found = best_trial(sweep_dir)
+    if found is None or "best_value" not in found[1]:
+        return None   # not Optuna, or a multi-objective search (no single best trial)
+    folder, result = found
+    params = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in result.get("best_params", {}).items())
+    # What was optimised, from a job's own config: the best one's, else any in the folder.
+    job = folder or next((p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/hydra.yaml")), None)
+    metric, direction, study = "objective", "", ""
+    if job is not None:
+        goal = OmegaConf.load(job / ".hydra" / "config.yaml").get("objective") or {}
+        reduce = goal.get("reduce", "last")
+        metric = goal.get("metric", metric) + (f" ({reduce} over epochs)" if reduce != "last" else "")
+        sweeper = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.sweeper
+        direction, study = f", {sweeper.get('direction')}d", f" of study {sweeper.get('study_name')}"
+    where = f"job {folder.name}" if folder else "a trial run in an earlier invocation (not in this folder)"
+    value = result["best_value"]
+    value = f"{value:.5g}" if isinstance(value, float) else str(value)
+    return folder, f"Optuna best trial{study}: {where} · {params} · {metric} = {value}{direction}"
 
 
 def _same(text: str, value) -> bool:

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from aexp.errors import AexpError
 from aexp.evaluate import flatten
+from aexp.jobs import describe_best
 from aexp.metrics import read_csv, write_csv
 
 
@@ -127,8 +128,11 @@ def summarize(sweep: Path, metric: str = "best_val_loss", out: Path | None = Non
     if metric not in all_keys:
         raise AexpError(f"--metric {metric} is not a column of the summary; choose from: "
                         f"{', '.join(k for k in all_keys if _is_result(k))}")
+    optuna = describe_best(sweep)   # an Optuna search: its best trial is marked and named
+    if optuna and optuna[0] is not None:
+        next(r for r in table if r["job"] == optuna[0].name)["note"] = "Optuna best trial"
     write_csv(out / "summary.csv", table)
-    (out / "summary.md").write_text(markdown(table, columns))
+    (out / "summary.md").write_text(markdown(table, columns) + (f"\n{optuna[1]}\n" if optuna else ""))
     files = [out / "summary.csv", out / "summary.md"]
     from aexp import plots
     if curves:
@@ -182,5 +186,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     table, files = summarize(args.sweep_dir, args.metric, args.out)
     print_table(table, args.metric)
+    optuna = describe_best(args.sweep_dir)
+    if optuna:
+        print(optuna[1])
     print(f"wrote {len(files)} files in {args.out or args.sweep_dir}: " + ", ".join(p.name for p in files))
     return 0

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from aexp.errors import ConfigError
-from aexp.jobs import MARKER, best_trial, finished, objective
+from aexp.jobs import MARKER, best_trial, describe_best, finished, objective
 from conftest import ROOT, aexp
 
 TINY = ["train.epochs=1", "dataset.n_train=200", "dataset.n_val=50", "frames.probe_size=50"]
@@ -120,6 +120,14 @@ def test_optuna_search_records_objective_and_best_trial(tmp_path):
     folder, recorded = best_trial(sweep)
     assert recorded == result and objective_of(folder) == pytest.approx(values[best_lr])
     assert best_trial(tmp_path) is None   # not an Optuna sweep
+    # `aexp summary` names the best trial and marks its row.
+    line = (f"Optuna best trial of study lr: job {folder.name} · optimizer.lr={best_lr:.5g} · "
+            f"val_loss = {values[best_lr]:.5g}, minimized")
+    out = aexp("summary", sweep)
+    assert line in out.stdout
+    assert line in (sweep / "summary.md").read_text()
+    notes = {r["job"]: r["note"] for r in csv.DictReader(open(sweep / "summary.csv"))}
+    assert notes == {j.name: "Optuna best trial" if j == folder else "" for j in jobs}
 
 
 @pytest.mark.slow
@@ -130,6 +138,13 @@ def test_optuna_search_continues_from_its_sqlite_storage(tmp_path):
     study = optuna.load_study(study_name="lr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 4
     assert second["best_value"] <= first["best_value"]   # the best over both invocations
+    # The best trial may have run in the first invocation: the second folder's summary says so.
+    folder, line = describe_best(tmp_path / "second")
+    here = {j: objective_of(j) for j in job_dirs(tmp_path / "second")}
+    if second["best_value"] in here.values():
+        assert here[folder] == second["best_value"]
+    else:
+        assert folder is None and "a trial run in an earlier invocation" in line
 
 
 def objective_of(job):
