@@ -1,4 +1,4 @@
-"""`aexp <command>`: `train` goes to the Hydra app (the only place that touches Hydra's globals);
+"""`aexp <command>`: `train` and `lr-find` go to the Hydra app (the only place that touches Hydra's globals);
 the other commands use argparse. User errors print one line and exit 2."""
 import os
 import sys
@@ -7,6 +7,7 @@ USAGE = """usage: aexp <command> [args]
 
 commands:
   train   [overrides]   train one run (Hydra overrides; -m/--multirun sweeps; --help for config help)
+  lr-find [overrides]   sweep the learning rate over a few hundred steps; plot + suggested lr
   render  RUN_DIR       turn a run's latent frames into latent.mp4 (--fps, --out, --gif)
   eval    RUN_DIR       test metrics (eval.json), a table and pictures in RUN_DIR/pictures/
   summary MULTIRUN_DIR  one table (CSV, Markdown) and plots over every job of a sweep
@@ -17,6 +18,7 @@ examples:
   aexp train model=vae dataset=mnist dataset.root=data train.epochs=2
   aexp train -m optimizer.lr=1e-3,3e-3
   aexp train resume=outputs/2026-01-01/12-00-00
+  aexp lr-find model=conv dataset=mnist
   aexp render outputs/2026-01-01/12-00-00
   aexp eval outputs/2026-01-01/12-00-00
   aexp summary multirun/2026-01-01/12-00-00 --metric best_val_loss
@@ -41,7 +43,13 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def _train(argv: list[str]) -> int:
+# Commands that compose a run config from the same Hydra overrides: ("module:function", log
+# name); the function is called as function(cfg, run_dir, job_num=...).
+HYDRA_COMMANDS = {"train": ("aexp.jobs:run_job", "train"),
+                  "lr-find": ("aexp.lr_find:lr_find", "lr_find")}
+
+
+def _hydra(command: str, argv: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -53,16 +61,18 @@ def _train(argv: list[str]) -> int:
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
     def app(cfg):
+        import importlib
         from pathlib import Path
 
         from aexp import distributed
-        from aexp.jobs import run_job
+        module, function = HYDRA_COMMANDS[command][0].split(":")
+        task = getattr(importlib.import_module(module), function)
         hc = HydraConfig.get()
         run_dir = distributed.agree(Path(hc.runtime.output_dir))
         multirun = hc.mode == RunMode.MULTIRUN
         try:   # returns the objective: what a sweeper such as Optuna optimises
-            return run_job(cfg, run_dir, job_num=hc.job.num if multirun else None,
-                           overrides=list(hc.overrides.task))
+            return task(cfg, run_dir, job_num=hc.job.num if multirun else None,
+                        overrides=list(hc.overrides.task))
         except AexpError as e:
             if os.environ.get("AEXP_DEBUG"):
                 raise
@@ -77,7 +87,8 @@ def _train(argv: list[str]) -> int:
 
     from aexp import distributed, resume
     try:
-        sys.argv = ["aexp train", *resume.argv_for(argv), *distributed.hydra_overrides()]
+        sys.argv = [f"aexp {command}", *resume.argv_for(argv), *distributed.hydra_overrides(),
+                    f"hydra.job.name={HYDRA_COMMANDS[command][1]}"]
         # Hydra prints its own errors over several lines and exits 1; with this set it raises
         # them instead, and they become one line and exit code 2 like every other user error.
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -104,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        return _train(rest)
+    if command in HYDRA_COMMANDS:
+        return _hydra(command, rest)
     commands = {"render": "aexp.render", "eval": "aexp.evaluate", "summary": "aexp.summary",
                 "explore": "aexp.explore"}
     if command not in commands:
-        print(f"aexp: unknown command '{command}' (choose from: train, {', '.join(commands)}; "
+        print(f"aexp: unknown command '{command}' (choose from: {', '.join([*HYDRA_COMMANDS, *commands])}; "
               f"see aexp --help)", file=sys.stderr)
         return 2
     import importlib

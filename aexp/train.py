@@ -11,10 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from aexp import checkpoint, distributed, faults, resume, validate
+from aexp import checkpoint, distributed, faults, loop, resume, validate
 from aexp.errors import AexpError, ConfigError, Interrupted, TrainingDiverged, unwrap
 from aexp.frames import FrameWriter
 from aexp.metrics import write_csv
+from aexp.schedules import build_schedule, per_batch
 
 console = Console(stderr=True, log_path=False)
 
@@ -58,6 +59,8 @@ def check_config(cfg) -> None:
     t = cfg.train
     if t.epochs < 1:
         raise ConfigError(f"train.epochs must be at least 1, got {t.epochs}")
+    if t.get("grad_clip") is not None and t.grad_clip <= 0:
+        raise ConfigError(f"train.grad_clip must be positive (or null), got {t.grad_clip}")
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size must be at least 1, got {t.batch_size}")
     if cfg.optimizer.get("lr", 1.0) <= 0:
@@ -67,11 +70,12 @@ def check_config(cfg) -> None:
 def preflight(model, loss_fn, data) -> None:
     """One forward and loss on two samples, so a model that cannot take the data's shape, or a
     loss that does not fit the model, fails before any work with one clear line."""
-    x, y = data.batch(data.train, torch.arange(min(2, len(data.train)), device=data.train.x.device))
+    idx = torch.arange(min(2, len(data.train)), device=data.train.x.device)
+    x, y = data.batch(data.train, idx)
     try:
         with torch.no_grad():
             out = model(x)
-            terms = loss_fn(out, x, y, model)
+            terms = loss_fn(out, x, y, model, labels=loop.labels(data.train, idx))
     except AexpError:
         raise
     except RuntimeError as e:
@@ -90,8 +94,9 @@ def evaluate(model, loss_fn, data, split, batch_size: int) -> dict:
     model.eval()
     sums, n = {}, len(split)
     for i in range(0, n, batch_size):
-        x, y = data.batch(split, torch.arange(i, min(i + batch_size, n), device=split.x.device))
-        for k, v in loss_fn(model(x), x, y, model).items():
+        idx = torch.arange(i, min(i + batch_size, n), device=split.x.device)
+        x, y = data.batch(split, idx)
+        for k, v in loss_fn(model(x), x, y, model, labels=loop.labels(split, idx)).items():
             sums[k] = sums.get(k, 0.0) + v.detach() * len(x)
     model.train()
     return {k: float(v) / n for k, v in sums.items()}
@@ -113,13 +118,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
 
     data, model, loss_fn = build_parts(cfg, device)
     optimizer = build(cfg.optimizer, params=model.parameters())
-    scheduler = build(cfg.schedule, optimizer=optimizer)
-    epochs, bs, n = cfg.train.epochs, cfg.train.batch_size, len(data.train)
-    # A final batch of one sample would break BatchNorm in training mode: fold it away.
-    steps = n // bs + (1 if n % bs > 1 else 0)
-    if steps < 1:
-        raise ConfigError(f"the training split of {n} sample(s) gives no batch; use more data")
+    bs, n = cfg.train.batch_size, len(data.train)
+    epochs, steps, total_steps = loop.plan(cfg.train, n)   # train.epochs or train.max_steps
+    scheduler = build_schedule(cfg.schedule, optimizer, total_steps)
     preflight(model, loss_fn, data)
+    loop.check_progressive(model, data, cfg.train.get("progressive"))
 
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]aexp[/] {type(model).__name__} ({n_params:,} parameters) on "
@@ -148,14 +151,19 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     with progress, faults.StopSignals() as stop:
-        task = progress.add_task("epoch", total=epochs * steps, info="", completed=start * steps)
+        task = progress.add_task("epoch", total=total_steps, info="", completed=start * steps)
         for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
+            loop.start_epoch(model, loss_fn, epoch)
+            size = loop.progressive_size(cfg.train.get("progressive"), epoch)
             perm, first, sums, seen, skipped, drawn_from = resume.epoch_start(partial, data, gen,
                                                                               device)
             partial, shown = None, 0.0
             for step in range(first, steps):
+                done = (epoch - 1) * steps + step     # batches before this one (train.max_steps)
+                if done >= total_steps:
+                    break
                 if stop.requested():    # a safe point: save everything, this epoch's progress too
                     if main:
                         checkpoint.save(last_pt, state(epoch - 1, {
@@ -167,8 +175,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                                       f"aexp train resume={run_dir}", stop.signum)
                 batch = perm[step * bs:(step + 1) * bs]
                 idx, scale = distributed.shard(batch)
-                x, y = data.batch(data.train, idx, train=True)
-                terms = loss_fn(net(x), x, y, model)
+                x, y = loop.resize(*data.batch(data.train, idx, train=True), size)
+                terms = loss_fn(net(x), x, y, model, labels=loop.labels(data.train, idx))
                 if not faults.finite(terms["loss"]):
                     if not cfg.train.skip_nonfinite:
                         raise TrainingDiverged(
@@ -179,13 +187,17 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 (terms["loss"] * scale if scale != 1.0 else terms["loss"]).backward()
+                loop.clip_gradients(model, cfg.train.get("grad_clip"))
                 optimizer.step()
+                if per_batch(scheduler):
+                    scheduler.step()
                 seen += len(batch)                # the whole batch: sums are added over ranks
                 for k, v in terms.items():      # accumulated on the device: no sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
-                if time.perf_counter() - shown > 0.5 or step == steps - 1:  # reading the loss syncs
+                last = step == steps - 1 or done + 1 == total_steps
+                if time.perf_counter() - shown > 0.5 or last:  # reading the loss syncs
                     shown = time.perf_counter()
-                    progress.update(task, completed=(epoch - 1) * steps + step + 1,
+                    progress.update(task, completed=done + 1,
                                     description=f"epoch {epoch}/{epochs}",
                                     info=f"loss {terms['loss'].item():.4g}")
             train_seconds = time.perf_counter() - t0
@@ -202,7 +214,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
             lr = optimizer.param_groups[0]["lr"]
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val_terms["loss"])
-            else:
+            elif not per_batch(scheduler):
                 scheduler.step()
             row = {"epoch": epoch, "train_loss": train_terms["loss"], "val_loss": val_terms["loss"]}
             row.update({f"train_{k}": v for k, v in train_terms.items() if k != "loss"})

@@ -9,18 +9,25 @@ from aexp.models import BOUNDS, Output
 from aexp.models import activation as make_act
 
 
-def _stack(sizes, act: str, bias: bool = True) -> list:
-    """Linear layers between consecutive sizes, each followed by `act`."""
+def _stack(sizes, act, bias: bool = True) -> list:
+    """Linear layers between consecutive sizes, each followed by its activation: `act` is one
+    name for every layer or a list with one name per layer."""
+    acts = [act] * (len(sizes) - 1) if isinstance(act, str) else list(act)
+    if len(acts) != len(sizes) - 1:
+        raise ConfigError(f"model.activation lists {len(acts)} activations for "
+                          f"{len(sizes) - 1} hidden layers; give one per layer or a single name")
     layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b, bias=bias), make_act(act)]
+    for a, b, name in zip(sizes[:-1], sizes[1:], acts):
+        layers += [nn.Linear(a, b, bias=bias), make_act(name)]
     return layers
 
 
 class MLP(nn.Module):
     """Dense autoencoder: flatten -> hidden layers -> latent -> mirrored hidden -> output.
 
-    `hidden: []` gives a linear autoencoder (e.g. the RGB -> 2-D -> RGB colour model).
+    `hidden: []` gives a linear autoencoder (e.g. the RGB -> 2-D -> RGB colour model, or the
+    overcomplete 784 -> 784 -> 784 one). `activation` is one name or one per hidden layer (the
+    decoder mirrors the list).
     `in_features`, when set, states the input size the model is meant for, so a mismatch with
     the dataset fails before training instead of silently training something else.
     """
@@ -44,11 +51,22 @@ class MLP(nn.Module):
             nn.Flatten(), *enc, nn.Linear(([n_in] + hidden)[-1], latent_dim, bias=bias),
             make_act(latent_activation),
         )
-        dec = _stack([latent_dim] + hidden[::-1], activation, bias)
+        mirrored = activation if isinstance(activation, str) else list(activation)[::-1]
+        dec = _stack([latent_dim] + hidden[::-1], mirrored, bias)
         self.decoder = nn.Sequential(
             *dec, nn.Linear(([latent_dim] + hidden[::-1])[-1], n_out, bias=bias),
             make_act(output_activation),
         )
+
+    def weight_product(self) -> torch.Tensor:
+        """W_last @ ... @ W_1, the product of the weight matrices: the end-to-end linear map when
+        every activation is the identity (the overcomplete model: it approaches I as the model
+        learns to copy its input); for other models just the product of the weights."""
+        linears = [m for m in [*self.encoder, *self.decoder] if isinstance(m, nn.Linear)]
+        product = linears[0].weight
+        for layer in linears[1:]:
+            product = layer.weight @ product
+        return product.detach()
 
     def encode(self, x):
         return self.encoder(x)

@@ -1,0 +1,64 @@
+"""The loss mechanism: a `Loss` is a weighted sum of named `Term`s. Each term returns one value
+per sample; `Loss` averages over the batch, weights and sums them, and returns every term so each
+is logged.
+
+Reduction (documented, explicit):
+- `sum`  (default): per sample, sum over all pixels / latent dimensions, then mean over the batch.
+  This is the scale of the VAE objective (nats per image) and of the classic Keras/PyTorch examples.
+- `mean`: per sample, mean over pixels / latent dimensions, then mean over the batch
+  (`nn.MSELoss()`'s scale for reconstruction terms).
+"""
+import torch
+
+from aexp.errors import ConfigError
+
+REDUCTIONS = ("sum", "mean")
+
+
+def per_sample(t: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce all but the batch dimension."""
+    t = t.flatten(1)
+    return t.sum(1) if reduction == "sum" else t.mean(1)
+
+
+class Term:
+    """A loss term: `weight * value`, where value is per sample, shape [B]. A term that needs the
+    batch's class labels sets `uses_labels = True` and receives them as `labels=`."""
+    uses_labels = False
+
+    def __init__(self, weight: float = 1.0):
+        self.weight = float(weight)
+
+    def weight_at(self, epoch: int | None) -> float:
+        """The weight in a given epoch (1-based; None = after training). Constant by default."""
+        return self.weight
+
+    def __call__(self, out, x, y, model, reduction: str) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Loss:
+    """Weighted sum of named terms. `terms` maps a name to a `Term` (built from config)."""
+
+    def __init__(self, terms: dict, reduction: str = "sum"):
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"loss.reduction must be one of {REDUCTIONS}, got '{reduction}'")
+        if not terms:
+            raise ConfigError("loss.terms is empty; give at least one term")
+        self.terms = dict(terms)
+        self.reduction = reduction
+        self.epoch = None       # set by the training loop: weights may warm up over epochs
+
+    def set_epoch(self, epoch: int | None) -> None:
+        self.epoch = epoch
+
+    def __call__(self, out, x, y, model, labels=None) -> dict:
+        """Return {'loss': weighted total, name: unweighted batch-mean value of each term}.
+        `x` is the model input, `y` the target, `labels` the class labels (when the data has
+        them)."""
+        values = {}
+        for name, term in self.terms.items():
+            extra = {"labels": labels} if term.uses_labels else {}
+            values[name] = term(out, x, y, model, self.reduction, **extra).mean()
+        values["loss"] = sum(self.terms[n].weight_at(self.epoch) * v for n, v in values.items())
+        return values

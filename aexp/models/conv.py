@@ -1,0 +1,80 @@
+"""Convolutional autoencoder and convolutional VAE on one backbone.
+
+Encoder: `len(channels)` stages of stride-2 conv (kernel 4) + BatchNorm + ReLU. Decoder: the
+mirror, upsampling back to the encoder's recorded sizes, so any input size (28x28, 32x32,
+128x128, 218x178...) comes back at its own size. With `latent_dim` set, a dense bottleneck sits
+between them (required for the VAE); without it the code is the last feature map, flattened.
+"""
+import math
+
+import torch
+from torch import nn
+
+from aexp.errors import ConfigError
+from aexp.models import Output
+from aexp.models import activation as make_act
+from aexp.models.blocks import GaussianHead, UpBlock, check_sizes, conv_bn_act, halvings
+
+
+class ConvAE(nn.Module):
+    def __init__(self, in_shape, out_shape, channels=(32, 64, 128), latent_dim=None,
+                 upsample="transpose", activation="relu", output_activation="sigmoid",
+                 variational=False):
+        super().__init__()
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        if len(self.in_shape) != 3 or self.in_shape[1:] != self.out_shape[1:]:
+            raise ConfigError(f"{type(self).__name__} needs images (C, H, W) in and out of the "
+                              f"same size; the dataset gives {self.in_shape} -> {self.out_shape}")
+        channels = list(channels)
+        if not channels:
+            raise ConfigError("model.channels is empty; give at least one encoder stage")
+        if variational and latent_dim is None:
+            raise ConfigError("a convolutional VAE needs a dense bottleneck: set model.latent_dim")
+        self.sizes = halvings(self.in_shape[1:], len(channels))
+        check_sizes(self.sizes, "conv model")
+        self.variational = variational
+        self.latent_range = None      # the code is unbounded
+        widths = [self.in_shape[0]] + channels
+        self.encoder = nn.Sequential(*[conv_bn_act(a, b, stride=2, act=activation)
+                                       for a, b in zip(widths[:-1], widths[1:])])
+        self.feature_shape = (channels[-1], *self.sizes[-1])
+        flat = math.prod(self.feature_shape)
+        self.latent_dim = latent_dim if latent_dim is not None else flat
+        if latent_dim is None:
+            self.bottleneck, self.unbottleneck = None, None
+        elif variational:
+            self.bottleneck, self.unbottleneck = GaussianHead(flat, latent_dim), nn.Linear(latent_dim, flat)
+        else:
+            self.bottleneck, self.unbottleneck = nn.Linear(flat, latent_dim), nn.Linear(latent_dim, flat)
+        back = channels[::-1] + [self.out_shape[0]]
+        self.decoder = nn.ModuleList([
+            UpBlock(upsample, a, b, activation, last=(i == len(back) - 2))
+            for i, (a, b) in enumerate(zip(back[:-1], back[1:]))])
+        self.out_act = make_act(output_activation)
+
+    def _code(self, x):
+        """(z, extras, feature-map sizes of this input)."""
+        sizes = halvings(x.shape[-2:], len(self.decoder))
+        h = self.encoder(x).flatten(1)
+        if self.bottleneck is None:
+            return h, {}, sizes
+        if self.variational:
+            z, extras = self.bottleneck(h, self.training)
+            return z, extras, sizes
+        return self.bottleneck(h), {}, sizes
+
+    def encode(self, x):
+        z, extras, _ = self._code(x)
+        return extras["mu"] if self.variational else z
+
+    def decode(self, z, sizes=None):
+        sizes = sizes or self.sizes
+        h = z if self.unbottleneck is None else self.unbottleneck(z)
+        h = h.view(len(z), self.feature_shape[0], *sizes[-1])
+        for block, size in zip(self.decoder, sizes[-2::-1]):
+            h = block(h, size)
+        return self.out_act(h)
+
+    def forward(self, x):
+        z, extras, sizes = self._code(x)
+        return Output(self.decode(z, sizes), z, extras)

@@ -1,0 +1,145 @@
+"""Every model config x every loss config, at every input size the model claims to support:
+compatible combinations run forward and backward with the output at the target's shape and a
+finite loss; incompatible ones fail in `preflight` with a one-line ConfigError."""
+import pytest
+import torch
+from torchvision.models import vgg
+
+from aexp.data import Data, Split
+from aexp.errors import ConfigError
+from aexp.train import build, preflight
+from conftest import options
+
+# option -> (overrides that keep it tiny, [(in_shape, out_shape), ...] it claims to support)
+IMG = lambda c, h, w=None: ((c, h, w or h), (c, h, w or h))
+MODELS = {
+    "linear": ([], [((3,), (3,))]),
+    "mlp": (["model.hidden=[16]"], [((3,), (3,)), IMG(1, 28), IMG(3, 32)]),
+    "vae": (["model.hidden=[16]"], [IMG(1, 28), IMG(3, 32)]),
+    "overcomplete": ([], [IMG(1, 28)]),
+    "conv": (["model.channels=[4,8]"],
+             [IMG(1, 28), IMG(3, 32), IMG(3, 64), IMG(3, 128), IMG(3, 218, 178)]),
+    "conv_vae": (["model.channels=[4,8]", "model.latent_dim=4"],
+                 [IMG(1, 28), IMG(3, 32), IMG(3, 64), IMG(3, 128), IMG(3, 218, 178)]),
+    "pooling_cnn": (["model.width=4", "model.pooling=3"],
+                    [((1, 28, 28), (2, 28, 28)), ((1, 32, 32), (2, 32, 32)), IMG(1, 64),
+                     ((1, 128, 128), (2, 128, 128)), ((1, 218, 178), (2, 218, 178))]),
+    "baseline32": (["model.channels=[4,8,8]", "model.latent_dim=16"], [IMG(3, 32), IMG(1, 16)]),
+    "resnet": (["model.decoder_channels=[8,8,8,8]"], [IMG(3, 32), IMG(1, 64)]),
+}
+
+
+def test_every_model_config_is_covered():
+    assert set(MODELS) == set(options("model"))
+
+
+@pytest.fixture(scope="session")
+def vgg_file(tmp_path_factory):
+    """A VGG16-bn feature state dict (random weights) standing in for a pretrained file."""
+    path = tmp_path_factory.mktemp("vgg") / "vgg16_bn_features.pt"
+    torch.save(vgg.make_layers(vgg.cfgs["D"], batch_norm=True).state_dict(), path)
+    return path
+
+
+LOSS_OVERRIDES = {"perceptual": lambda f: [f"loss.terms.perceptual.weights={f}"]}
+_cache = {}
+
+
+def _build(compose_cfg, model, loss, shapes, vgg_file):
+    key = (model, shapes)
+    cfg = compose_cfg([f"model={model}", f"loss={loss}", *MODELS[model][0],
+                       *LOSS_OVERRIDES.get(loss, lambda f: [])(vgg_file)])
+    if key not in _cache:       # building ResNets is slow: one per shape, shared across losses
+        torch.manual_seed(0)
+        _cache[key] = build(cfg.model, in_shape=shapes[0], out_shape=shapes[1])
+    if ("loss", loss) not in _cache:
+        _cache[("loss", loss)] = build(cfg.loss)
+    return _cache[key], _cache[("loss", loss)]
+
+
+def _data(shapes, n=4):
+    (cin, *rest), (cout, *_) = shapes
+    g = torch.Generator().manual_seed(0)
+    if not rest:
+        return Data("colors", "colors", *[Split(torch.rand(n, cin, generator=g)) for _ in range(3)])
+    x = lambda: Split(torch.randint(0, 256, (n, cin, *rest), dtype=torch.uint8, generator=g),
+                      torch.tensor([0, 0, 1, 1]))
+    data = Data("img", "image", x(), x(), x(), num_classes=2)
+    if cout != cin:     # colourisation-like: target has its own channels
+        target = torch.rand(n, cout, *rest, generator=g)
+        data.batch = lambda split, idx=None, train=False: (
+            split.x[idx].float() / 255 if idx is not None else split.x.float() / 255,
+            target[idx] if idx is not None else target)
+    return data
+
+
+def compatible(model, net, loss, data, out_shape) -> bool:
+    """What each loss needs, stated independently of the code under test."""
+    variational = model in ("vae", "conv_vae")
+    if loss in ("vae", "vae_cb"):
+        return variational
+    if loss == "contractive":
+        return net.latent_dim <= 32      # the term's stated limit (max_latent)
+    if loss == "triplet_colour":
+        return data.kind == "colors"
+    if loss == "triplet_label":
+        return data.train.y is not None
+    if loss == "perceptual":
+        return data.kind == "image" and out_shape[0] in (1, 3)
+    return True
+
+
+def _case(model, shapes, loss):
+    """Every combination; the costly ones (images over 64 px, the 11M-parameter ResNet) run in
+    the slow suite except with MSE, so every model and size stays covered by the fast one."""
+    big = max(shapes[0][1:], default=0) > 64 or model == "resnet"
+    marks = [pytest.mark.slow] if big and loss != "mse" else []
+    return pytest.param(model, shapes, loss, marks=marks,
+                        id=f"{model}-{'x'.join(map(str, shapes[0]))}-{loss}")
+
+
+CASES = [_case(m, s, l) for m, (_, shapes) in MODELS.items() for s in shapes for l in options("loss")]
+
+
+@pytest.mark.parametrize("model,shapes,loss", CASES)
+def test_model_loss_size(compose_cfg, vgg_file, model, shapes, loss):
+    net, loss_fn = _build(compose_cfg, model, loss, shapes, vgg_file)
+    data = _data(shapes)
+    if not compatible(model, net, loss, data, shapes[1]):
+        with pytest.raises(ConfigError) as err:
+            preflight(net, loss_fn, data)
+        assert "\n" not in str(err.value)
+        return
+    net.train()
+    idx = torch.arange(4)
+    x, y = data.batch(data.train, idx)
+    out = net(x)
+    assert out.x_hat.shape == y.shape == (4, *shapes[1])
+    terms = loss_fn(out, x, y, net, labels=data.train.y)
+    assert all(torch.isfinite(v) for v in terms.values()), terms
+    net.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "nearest", "shuffle"])
+@pytest.mark.parametrize("hw", [(28, 28), (32, 32), (218, 178), (9, 7)])
+def test_every_upsampling_comes_back_at_the_input_size(compose_cfg, upsample, hw):
+    cfg = compose_cfg(["model=conv", "model.channels=[4,4]", f"model.upsample={upsample}"])
+    net = build(cfg.model, in_shape=(3, *hw), out_shape=(3, *hw))
+    x = torch.rand(2, 3, *hw)
+    out = net(x)
+    assert out.x_hat.shape == x.shape
+    out.x_hat.sum().backward()
+    assert net.encoder[0][0].weight.grad.abs().sum() > 0
+
+
+def test_shuffle_upsampling_starts_as_nearest_upsampling():
+    """ICNR: the four sub-pixel outputs of every input pixel start equal (before the blur)."""
+    from aexp.models.blocks import ShuffleUp
+    up = ShuffleUp(3, 2)
+    y = up.shuffle(up.conv(torch.rand(1, 3, 5, 5)))
+    torch.testing.assert_close(y[..., 0::2, 0::2], y[..., 1::2, 1::2])
+    torch.testing.assert_close(y[..., 0::2, 0::2], y[..., 0::2, 1::2])
