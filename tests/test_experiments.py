@@ -71,3 +71,16 @@ def test_pretrained_preset_without_its_weights_file_fails_in_one_line(tmp_path, 
                 "dataset.val_size=20", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode == 2
     assert "model.weights: no such file" in proc.stderr
+
+
+def test_mnist32_resizes_and_repeats_channels(stand_ins):
+    from aexp.data.resized import mnist32, resize
+    from aexp.errors import ConfigError
+    data = mnist32(root=str(stand_ins["mnist"]), val_size=20)
+    assert tuple(data.train.x.shape[1:]) == (3, 32, 32) and data.train.x.dtype == torch.uint8
+    assert torch.equal(data.test.x[:, 0], data.test.x[:, 2])           # grey repeated
+    assert len(data.train) == 100 and len(data.test) == 40 and data.num_classes == 10
+    grey = mnist32(root=str(stand_ins["mnist"]), val_size=20, size=16, channels=1)
+    assert tuple(grey.val.x.shape[1:]) == (1, 16, 16)
+    with pytest.raises(ConfigError):
+        resize(data, 32, 2)                                              # 3 channels cannot become 2
