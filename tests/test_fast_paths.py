@@ -63,3 +63,37 @@ def test_nonfinite_watch_keeps_the_first_bad_step_without_syncing():
     clean = faults.FirstNonFinite()
     clean.record(0, {"loss": torch.tensor(1.0)})
     assert clean.check() is None
+
+
+def test_written_out_bce_equals_torch_bce_and_runs_under_autocast():
+    from aexp.losses.recon import BCE
+    from aexp.models import Output
+    p = torch.rand(16, 1, 28, 28)
+    p[0, 0, 0, :2] = torch.tensor([0.0, 1.0])         # the clamped ends of the log
+    y = torch.rand(16, 1, 28, 28)
+    y[0, 0, 0, :2] = torch.tensor([1.0, 0.0])
+    ours = BCE()(Output(p, None, {}), y, y, None, "sum")
+    reference = torch.nn.functional.binary_cross_entropy(p, y, reduction="none").flatten(1).sum(1)
+    assert torch.allclose(ours, reference, rtol=1e-5)
+    rounded = p.bfloat16()      # what a model's output is under bf16 autocast
+    with loop.autocast("bf16", torch.device("cpu")):
+        value = BCE()(Output(rounded, None, {}), y, y, None, "sum")
+    expected = torch.nn.functional.binary_cross_entropy(rounded.float(), y, reduction="none")
+    assert value.dtype == torch.float32
+    assert torch.allclose(value, expected.flatten(1).sum(1), rtol=1e-5)
+
+
+def test_fused_adam_matches_the_plain_update(compose_cfg):
+    cfg = compose_cfg(["optimizer=adam"])
+    assert cfg.optimizer.fused is True
+    weights = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(50, 20))
+        opt = torch.optim.Adam([w], lr=1e-2, fused=fused)
+        for _ in range(5):
+            opt.zero_grad()
+            (w ** 2).sum().backward()
+            opt.step()
+        weights.append(w.detach().clone())
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
