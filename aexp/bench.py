@@ -53,7 +53,8 @@ def aexp_throughput(overrides, root, epochs, batch_size, device) -> dict:
     from aexp.metrics import read_csv
     from aexp.train import train
     cfg = compose([*overrides, "dataset=mnist", f"dataset.root={root}", f"train.epochs={epochs}",
-                   f"train.batch_size={batch_size}", "frames.enabled=false", f"device={device}"])
+                   f"train.batch_size={batch_size}", "frames.enabled=false", "eval.enabled=false",
+                   f"device={device}"])
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, Path(tmp))
         rows = read_csv(Path(tmp) / "metrics.csv")
@@ -151,7 +152,7 @@ def frame_overhead(root, device) -> dict:
     out = {}
     for name, overrides in {"colors linear": [], "mnist mlp": ["model=mlp", "loss=bce", "dataset=mnist",
                                                                  f"dataset.root={root}"]}.items():
-        cfg = compose([*overrides, "train.epochs=3", f"device={device}"])
+        cfg = compose([*overrides, "train.epochs=3", "eval.enabled=false", f"device={device}"])
         with tempfile.TemporaryDirectory() as tmp:
             train(cfg, Path(tmp))
             rows = read_csv(Path(tmp) / "metrics.csv")
@@ -164,7 +165,7 @@ def frame_overhead(root, device) -> dict:
 def render_per_frame(device) -> dict:
     from aexp.render import render
     from aexp.train import train
-    cfg = compose(["train.epochs=30", "dataset.n_train=1000", f"device={device}"])
+    cfg = compose(["train.epochs=30", "dataset.n_train=1000", "eval.enabled=false", f"device={device}"])
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, Path(tmp))
         t0 = time.perf_counter()
@@ -186,7 +187,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
     ap.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    ap.add_argument("--threads", type=int, help="torch CPU threads for every measurement (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from aexp.paths import conf_dir
     from aexp.train import resolve_device
     device = str(resolve_device(args.device))

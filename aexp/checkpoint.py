@@ -12,6 +12,16 @@ from aexp.errors import CheckpointError
 FORMAT = "aexp-checkpoint-1"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; written files get the usual permissions.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: Path, write) -> None:
     """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename it over
     `path`: a reader sees the old file or the new one, never a partial one."""
@@ -19,6 +29,7 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -95,3 +95,32 @@ def _agree(value: int, op) -> int:
 
 def describe_terms(terms: dict) -> str:
     return ", ".join(f"{k}={float(torch.as_tensor(v).detach()):.6g}" for k, v in terms.items())
+
+
+class FirstNonFinite:
+    """The first step of an epoch whose loss was not finite, with that step's loss terms,
+    recorded on the device: no host sync per step. `check()` reads it once (at the epoch's end).
+    This is the default policy's watch (stop): the steps after a bad one are wasted work, but
+    nothing they compute is saved, since the run stops before the epoch's checkpoint."""
+
+    def __init__(self):
+        self.step = self.values = self.names = None
+
+    def record(self, step: int, terms: dict) -> None:
+        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        if self.step is None:
+            self.names = list(terms)
+            self.step = torch.full((), -1, dtype=torch.long, device=values.device)
+            self.values = torch.zeros_like(values)
+        new = (self.step < 0) & ~torch.isfinite(values[self.names.index("loss")])
+        self.step = torch.where(new, step, self.step)
+        self.values = torch.where(new, values, self.values)
+
+    def check(self) -> tuple[int, dict] | None:
+        """(step, {term: value}) of the first non-finite loss on any rank, or None."""
+        step = -1 if self.step is None else int(self.step)
+        if _agree(int(step >= 0), torch.distributed.ReduceOp.MAX) == 0:
+            return None
+        if step < 0:    # another rank saw it
+            return step, {}
+        return step, dict(zip(self.names, self.values.tolist()))

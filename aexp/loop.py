@@ -1,6 +1,7 @@
 """Optional pieces of the training loop, each a plain function `train()` calls: the step plan
-(epochs or `train.max_steps`), progressive resizing, gradient clipping, per-epoch hooks (encoder
-freezing, loss warm-up) and class labels for the loss."""
+(epochs or `train.max_steps`), mixed precision and torch.compile, progressive resizing, gradient
+clipping, per-epoch hooks (encoder freezing, loss warm-up) and class labels for the loss."""
+import contextlib
 import math
 
 import torch
@@ -99,3 +100,22 @@ def start_epoch(model, loss_fn, epoch: int) -> None:
 def labels(split, idx):
     """The class labels of the samples `idx` (None for unlabelled data)."""
     return None if split.y is None else split.y[idx]
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast(precision: str, device: torch.device):
+    """The context the training forward and loss run in: bf16 autocast, or nothing (fp32).
+    `auto` means bf16 on CUDA (its tensor cores) and fp32 on the CPU, where bf16 matmuls are
+    rarely faster. One code path: the loop always enters this context."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def compiled(net: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """`torch.compile(net)` when `train.compile` is on (the first steps pay the compilation)."""
+    return torch.compile(net) if enabled else net

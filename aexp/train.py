@@ -108,6 +108,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     run_dir = Path(run_dir)
     check_config(cfg)
     device = distributed.place(resolve_device(cfg.device))
+    torch.backends.cudnn.benchmark = device.type == "cuda"   # fixed shapes: pick the fastest conv
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     console.quiet = not distributed.is_main()   # under torchrun, rank 0 speaks for all
     seed_everything(cfg.seed)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -143,7 +146,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     elif frames:
         frames.write(model, 0)
 
-    net = distributed.wrap(model, n, bs)   # DDP under torchrun, else the model itself
+    net = loop.compiled(distributed.wrap(model, n, bs), cfg.train.compile)  # DDP under torchrun
+    autocast = loop.autocast(cfg.train.precision, device)   # bf16 on CUDA by default
     last_pt = run_dir / "checkpoints" / "last.pt"
     state = lambda epoch, partial=None: resume.training_state(
         epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, gen=gen, frames=frames,
@@ -159,7 +163,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
             size = loop.progressive_size(cfg.train.get("progressive"), epoch)
             perm, first, sums, seen, skipped, drawn_from = resume.epoch_start(partial, data, gen,
                                                                               device)
-            partial, shown = None, 0.0
+            partial, shown, watch = None, 0.0, faults.FirstNonFinite()
             for step in range(first, steps):
                 done = (epoch - 1) * steps + step     # batches before this one (train.max_steps)
                 if done >= total_steps:
@@ -176,13 +180,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                 batch = perm[step * bs:(step + 1) * bs]
                 idx, scale = distributed.shard(batch)
                 x, y = loop.resize(*data.batch(data.train, idx, train=True), size)
-                terms = loss_fn(net(x), x, y, model, labels=loop.labels(data.train, idx))
-                if not faults.finite(terms["loss"]):
-                    if not cfg.train.skip_nonfinite:
-                        raise TrainingDiverged(
-                            f"loss is not finite at epoch {epoch}, step {step} "
-                            f"({faults.describe_terms(terms)}); the last good checkpoint is "
-                            f"{last_pt if last_pt.is_file() else 'none (no epoch finished)'}")
+                with autocast:
+                    terms = loss_fn(net(x), x, y, model, labels=loop.labels(data.train, idx))
+                if not cfg.train.skip_nonfinite:
+                    watch.record(step, terms)       # checked at the epoch's end: no sync here
+                elif not faults.finite(terms["loss"]):  # deciding per batch costs a sync per step
                     skipped += 1    # train.skip_nonfinite: this batch does not update the weights
                     continue
                 optimizer.zero_grad(set_to_none=True)
@@ -201,6 +203,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                                     description=f"epoch {epoch}/{epochs}",
                                     info=f"loss {terms['loss'].item():.4g}")
             train_seconds = time.perf_counter() - t0
+            first_bad = watch.check()
+            if first_bad:
+                raise TrainingDiverged(
+                    f"loss is not finite at epoch {epoch}, step {first_bad[0]} "
+                    f"({faults.describe_terms(first_bad[1])}); the last good checkpoint is "
+                    f"{last_pt if last_pt.is_file() else 'none (no epoch finished)'}")
             if seen == 0:
                 raise TrainingDiverged(f"every batch of epoch {epoch} had a non-finite loss")
             sums = distributed.all_sum(sums)

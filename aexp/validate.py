@@ -19,6 +19,7 @@ MINIMUM = {
     "frames.every": 1,
     "frames.probe_size": 1,
     "frames.size": 16,
+    "train.threads": 1,
 }
 
 KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),

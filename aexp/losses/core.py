@@ -16,8 +16,9 @@ REDUCTIONS = ("sum", "mean")
 
 
 def per_sample(t: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce all but the batch dimension."""
-    t = t.flatten(1)
+    """Reduce all but the batch dimension, in fp32 (under bf16 autocast too: a sum over
+    thousands of pixels in bf16 would lose most of its digits)."""
+    t = t.float().flatten(1)
     return t.sum(1) if reduction == "sum" else t.mean(1)
 
 

@@ -12,6 +12,7 @@ from aexp.errors import ConfigError
 from aexp.models import Output
 from aexp.models import activation as make_act
 from aexp.models.blocks import UpBlock, check_sizes, halvings
+from aexp.models.conv import ConvAE
 
 ARCHS = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models.resnet34}
 
@@ -86,13 +87,8 @@ class ResNetAE(nn.Module):
         h = self.encoder(x).flatten(1)
         return h if self.bottleneck is None else self.bottleneck(h)
 
-    def decode(self, z, sizes=None):
-        sizes = sizes or self.sizes
-        h = z if self.unbottleneck is None else self.unbottleneck(z)
-        h = h.view(len(z), self.feature_shape[0], *sizes[-1])
-        for block, size in zip(self.decoder, sizes[-2::-1]):
-            h = block(h, size)
-        return self.out_act(h)
+    # The decoder has ConvAE's layout (unbottleneck, blocks back through `sizes`, output act).
+    decode = ConvAE.decode
 
     def forward(self, x):
         z = self.encode(x)
