@@ -64,7 +64,8 @@ def aexp_throughput(overrides, root, epochs, batch_size, device) -> dict:
 
 
 def conventional_throughput(overrides, root, epochs, batch_size, device) -> dict:
-    """The same model and loss trained the tutorials' way: ToTensor + DataLoader + per-batch .item()."""
+    """The same model and loss trained the tutorials' way: ToTensor + DataLoader + per-batch
+    .item(), with a plain `torch.optim.Adam` (aexp's config uses the fused one)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -73,8 +74,8 @@ def conventional_throughput(overrides, root, epochs, batch_size, device) -> dict
     dev = resolve_device(device)
     torch.manual_seed(0)
     model = build(cfg.model, in_shape=(1, 28, 28), out_shape=(1, 28, 28)).to(dev)
-    loss_fn = build(cfg.loss)
-    optimizer = build(cfg.optimizer, params=model.parameters())
+    loss_fn = build(cfg.loss)   # the same maths as aexp's (its code is aexp's own)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)   # the tutorials' Adam
     kwargs = {"num_workers": 1, "pin_memory": True} if dev.type == "cuda" else {}
     ds = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, **kwargs)
