@@ -55,16 +55,12 @@ def build_parts(cfg, device) -> tuple:
 
 
 def check_config(cfg) -> None:
-    validate.check(cfg)   # unknown keys, wrong types, values below their minimum
+    # Unknown keys, wrong types, values below their minimum (train.epochs, train.batch_size, ...)
+    # and a non-positive optimizer.lr are refused by validate.check.
+    validate.check(cfg)
     t = cfg.train
-    if t.epochs < 1:
-        raise ConfigError(f"train.epochs must be at least 1, got {t.epochs}")
     if t.get("grad_clip") is not None and t.grad_clip <= 0:
         raise ConfigError(f"train.grad_clip must be positive (or null), got {t.grad_clip}")
-    if t.batch_size < 1:
-        raise ConfigError(f"train.batch_size must be at least 1, got {t.batch_size}")
-    if cfg.optimizer.get("lr", 1.0) <= 0:
-        raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
 
 
 def preflight(model, loss_fn, data) -> None:
