@@ -51,6 +51,10 @@ def build_parts(cfg, device) -> tuple:
     run config: what training, evaluation and every command that loads a finished run share."""
     data = build(cfg.dataset).prepare(build(cfg.task), build(cfg.corruption)).to(device)
     model = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape).to(device)
+    if cfg.train.get("channels_last", True):
+        # 4-D weights stored NHWC: convolutions run 1.2-1.4x faster on CPU (oneDNN) and suit
+        # tensor cores on GPU; a model without convolutions is unchanged
+        model = model.to(memory_format=torch.channels_last)
     return data, model, build(cfg.loss)
 
 

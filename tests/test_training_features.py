@@ -176,3 +176,20 @@ def test_perceptual_loss_from_a_run_aexp_trained(compose_cfg, tmp_path, tiny_mni
     assert term(Output(y, None, {}), y, y, None, "mean").abs().max() == 0
     with pytest.raises(ConfigError, match="exactly one feature network"):
         Perceptual()
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_channels_last_stores_conv_weights_nhwc_and_computes_the_same(compose_cfg, tiny_mnist, on):
+    from aexp.train import build_parts
+    cfg = compose_cfg(["model=conv", "model.channels=[4,8]", "dataset=mnist", f"dataset.root={tiny_mnist}",
+                       "dataset.val_size=20", f"train.channels_last={str(on).lower()}"])
+    data, model, _ = build_parts(cfg, torch.device("cpu"))
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    layout = torch.channels_last if on else torch.contiguous_format
+    assert convs and all(w.stride() == w.contiguous(memory_format=layout).stride() for w in convs)
+    plain = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape)
+    plain.load_state_dict(model.state_dict())      # same weights, default (NCHW) layout
+    x, _ = data.batch(data.train, torch.arange(8))
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).x_hat, plain(x).x_hat, rtol=1e-4, atol=1e-5)
