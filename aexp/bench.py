@@ -3,7 +3,7 @@
 In one run, on one machine: aexp's training throughput for the dense AE, the conv AE and the VAE
 on MNIST-shaped data; the same models trained the way tutorials write it (torchvision MNIST with
 ToTensor, a DataLoader, a per-batch `.item()`); the fraction of measured matmul peak that the
-dense AE's step reaches; the per-epoch cost of frames + metrics; `aexp render` time per frame.
+dense AE's step reaches; conv training steps with NCHW vs channels_last weights; the per-epoch cost of frames + metrics; `aexp render` time per frame.
 Writes `outputs/bench/bench.json` and `outputs/bench/bench.md`.
 """
 import argparse
@@ -175,6 +175,42 @@ def render_per_frame(device) -> dict:
     return {"ms_per_frame": dt / 31 * 1e3, "frames": 31}
 
 
+LAYOUT_MODELS = {  # bench name -> (model overrides, input shape): conv models for train.channels_last
+    "conv AE 1x28x28": (["model=conv"], (1, 28, 28)),
+    "baseline32 3x32x32": (["model=baseline32"], (3, 32, 32)),
+}
+
+
+def layout_speedup(device, batch=128, steps=8) -> dict:
+    """Training-step time of conv models with NCHW weights vs channels_last (NHWC), same
+    weights and random data, the two layouts measured alternately in one process."""
+    from aexp.train import build
+    dev = torch.device(device)
+    out = {}
+    for name, (overrides, shape) in LAYOUT_MODELS.items():
+        cfg = compose(overrides)
+        x = torch.rand(batch, *shape, device=dev)
+        nets = {}
+        for layout in (torch.contiguous_format, torch.channels_last):
+            torch.manual_seed(0)
+            net = build(cfg.model, in_shape=shape, out_shape=shape).to(dev).to(memory_format=layout)
+            nets[layout] = (net, torch.optim.Adam(net.parameters(), 1e-3))
+        times = {layout: [] for layout in nets}
+        for i in range(steps + 2):
+            for layout, (net, opt) in nets.items():
+                _sync(dev)
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                ((net(x).x_hat - x) ** 2).mean().backward()
+                opt.step()
+                _sync(dev)
+                if i >= 2:     # the first two steps warm up
+                    times[layout].append(time.perf_counter() - t0)
+        nchw, nhwc = (statistics.median(times[k]) for k in nets)
+        out[name] = {"nchw_ms": nchw * 1e3, "channels_last_ms": nhwc * 1e3, "speedup": nchw / nhwc}
+    return out
+
+
 def _sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -215,6 +251,7 @@ def main(argv=None) -> int:
                                   "ratio": a["samples_per_s"] / c["samples_per_s"]}
         print(name, report["models"][name], flush=True)
     report["dense_step"] = dense_step_fraction(root, args.batch_size, device)
+    report["channels_last"] = layout_speedup(device)
     report["frames_metrics_overhead"] = frame_overhead(root, device)
     report["render"] = render_per_frame(device)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +275,10 @@ def markdown(r) -> str:
     d = r["dense_step"]
     lines += ["", f"Dense AE step (batch {r['batch_size']}): {d['step_ms']:.2f} ms, {d['step_gflops']:.1f} GFLOP/s "
               f"= {100 * d['fraction_of_peak']:.0f}% of measured matmul peak ({d['peak_gflops']:.1f} GFLOP/s)", ""]
+    for name, v in r.get("channels_last", {}).items():
+        lines.append(f"Training step (batch 128), {name}: NCHW {v['nchw_ms']:.1f} ms, channels_last "
+                     f"{v['channels_last_ms']:.1f} ms = {v['speedup']:.2f}×")
+    lines.append("")
     for name, v in r["frames_metrics_overhead"].items():
         lines.append(f"Frames + metrics overhead, {name}: {v['overhead_pct']:.1f}% of a {v['epoch_s']:.2f} s epoch")
     lines.append(f"\n`aexp render`: {r['render']['ms_per_frame']:.1f} ms per frame")
