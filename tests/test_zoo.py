@@ -143,3 +143,22 @@ def test_shuffle_upsampling_starts_as_nearest_upsampling():
     y = up.shuffle(up.conv(torch.rand(1, 3, 5, 5)))
     torch.testing.assert_close(y[..., 0::2, 0::2], y[..., 1::2, 1::2])
     torch.testing.assert_close(y[..., 0::2, 0::2], y[..., 0::2, 1::2])
+
+
+def test_baseline32_output_clamps_and_passes_the_gradient_straight_through():
+    from aexp.models.pooling import Baseline32
+    outputs = {}
+    for kind in ("clamp_st", "clamp"):
+        torch.manual_seed(0)
+        net = Baseline32((1, 16, 16), (1, 16, 16), channels=[4, 4, 4], latent_dim=8, output=kind)
+        with torch.no_grad():
+            net.head.bias.fill_(-5.0)                     # every output pixel far below 0
+        x = torch.rand(2, 1, 16, 16)
+        y = net(x).x_hat
+        assert torch.equal(y, torch.zeros_like(y))        # both clamp the forward pass to [0, 1]
+        ((y - x) ** 2).mean().backward()
+        outputs[kind] = net.head.bias.grad.abs().sum()
+    assert outputs["clamp"] == 0                          # a plain clamp leaves it no gradient
+    assert outputs["clamp_st"] > 0                        # straight through: pulled back up
+    with pytest.raises(ConfigError, match="model.output"):
+        Baseline32((1, 16, 16), (1, 16, 16), output="tanh")

@@ -5,6 +5,7 @@ Both decode back to the input's own size, so either can train under progressive 
 """
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -90,8 +91,11 @@ class Baseline32(nn.Module):
     take any size from 4x4 up, so the same weights train at 16x16 and then at 32x32."""
 
     def __init__(self, in_shape, out_shape, channels=(32, 64, 128), latent_dim=1000,
-                 grid=(16, 8, 4), activation="relu"):
+                 grid=(16, 8, 4), activation="relu", output="clamp"):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ConfigError(f"model.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        self.output = output
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         _images("baseline32", self.in_shape, self.out_shape)
         channels, grid = list(channels), list(grid)
@@ -122,8 +126,19 @@ class Baseline32(nn.Module):
     def decode(self, z, size=None):
         h = self.decoder(self.from_code(z).view(len(z), *self.feature_shape))
         h = F.interpolate(h, size=tuple(size or self.out_shape[1:]), mode="nearest")
-        return self.head(h).clamp(0.0, 1.0)
+        return OUTPUTS[self.output](self.head(h))
 
     def forward(self, x):
         z = self.encode(x)
         return Output(self.decode(z, x.shape[-2:]), z, {})
+
+
+def clamp_straight_through(h):
+    """Clamp to [0, 1] in the forward pass, identity in the backward pass: an output pushed past
+    a bound still gets the gradient that pulls it back (a plain clamp gives it none, so a
+    stroke pixel predicted below 0 never learns from that image)."""
+    return h + (h.clamp(0.0, 1.0) - h).detach()
+
+
+OUTPUTS = {"clamp_st": clamp_straight_through, "clamp": lambda h: h.clamp(0.0, 1.0),
+           "sigmoid": torch.sigmoid}
