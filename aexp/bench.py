@@ -3,7 +3,8 @@
 In one run, on one machine: aexp's training throughput for the dense AE, the conv AE and the VAE
 on MNIST-shaped data; the same models trained the way tutorials write it (torchvision MNIST with
 ToTensor, a DataLoader, a per-batch `.item()`); the fraction of measured matmul peak that the
-dense AE's step reaches; conv training steps with NCHW vs channels_last weights; the per-epoch cost of frames + metrics; `aexp render` time per frame.
+dense AE's step reaches; conv training steps with NCHW vs channels_last weights; the per-epoch
+cost of frames + metrics; `aexp render` time per frame.
 Writes `outputs/bench/bench.json` and `outputs/bench/bench.md`.
 """
 import argparse
