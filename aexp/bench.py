@@ -131,15 +131,9 @@ def dense_step_fraction(root, batch_size, device) -> dict:
     x = mnist(str(root)).train.x[:batch_size].to(dev).float() / 255
     times = []
     for i in range(60):
-        _sync(dev)
-        t0 = time.perf_counter()
-        loss = loss_fn(model(x), x, x, model)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        _sync(dev)
+        dt = _timed_step(dev, opt, lambda: loss_fn(model(x), x, x, model)["loss"])
         if i >= 10:
-            times.append(time.perf_counter() - t0)
+            times.append(dt)
     step = statistics.median(times)
     flops = dense_step_flops(model, batch_size)
     peak = matmul_peak(device)
@@ -199,17 +193,24 @@ def layout_speedup(device, batch=128, steps=8) -> dict:
         times = {layout: [] for layout in nets}
         for i in range(steps + 2):
             for layout, (net, opt) in nets.items():
-                _sync(dev)
-                t0 = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                ((net(x).x_hat - x) ** 2).mean().backward()
-                opt.step()
-                _sync(dev)
+                dt = _timed_step(dev, opt, lambda: ((net(x).x_hat - x) ** 2).mean())
                 if i >= 2:     # the first two steps warm up
-                    times[layout].append(time.perf_counter() - t0)
+                    times[layout].append(dt)
         nchw, nhwc = (statistics.median(times[k]) for k in nets)
         out[name] = {"nchw_ms": nchw * 1e3, "channels_last_ms": nhwc * 1e3, "speedup": nchw / nhwc}
     return out
+
+
+def _timed_step(dev, opt, loss_of) -> float:
+    """Seconds of one optimiser step on `loss_of()` (forward, backward, update), device-synced."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    loss = loss_of()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    _sync(dev)
+    return time.perf_counter() - t0
 
 
 def _sync(dev):
