@@ -16,6 +16,16 @@ from aexp.errors import CheckpointError, ConfigError
 # Config keys a resumed run may change: where it continues from, how long it goes on, where.
 MAY_CHANGE = ("resume", "train.epochs", "device")
 
+# Options added after runs were made: key -> (does this value reproduce a run saved without the
+# key?, the override that does). A run from before the key existed resumes when it does.
+ADDED_LATER = {
+    # memory layout only: same maths either way
+    "train.channels_last": (lambda saved, value: True, None),
+    # baseline32's code activation was always the stages' own activation
+    "model.code_activation": (lambda saved, value: value in (None, saved.get("model.activation")),
+                              "model.code_activation=null"),
+}
+
 
 def _disabled(value) -> bool:
     return value is False or str(value).lower() in ("false", "no", "off")
@@ -76,13 +86,16 @@ def check_same_config(saved: dict, current: dict, source: Path) -> None:
     """Exact resume needs the run's own config: refuse one that differs beyond MAY_CHANGE."""
     a, b = _flat(saved), _flat(current)
     diff = [k for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(MAY_CHANGE)]
+            if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(MAY_CHANGE)
+            and not (k not in a and k in ADDED_LATER and ADDED_LATER[k][0](a, b[k]))]
     if diff:
         k = diff[0]
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+        hint = (f"the run predates {k}: add {ADDED_LATER[k][1]}"
+                if k not in a and ADDED_LATER.get(k, (0, None))[1] else "give the run's own options")
         raise ConfigError(f"cannot resume from {source}: the config differs at {k} (checkpoint "
-                          f"{a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}){more}; give the "
-                          f"run's own options, or resume=false to start over")
+                          f"{a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}){more}; {hint}, "
+                          f"or resume=false to start over")
 
 
 def _flat(d, prefix="") -> dict:

@@ -134,3 +134,19 @@ def test_sigterm_saves_mid_epoch_and_the_printed_command_resumes_exactly(tmp_pat
     done = aexp(*command[1:])            # the run's own options come back from its folder
     assert "resuming from" in done.stderr
     assert_same_run(run, reference)
+
+
+def test_a_run_made_before_an_option_existed_resumes_when_the_option_reproduces_it():
+    from aexp.errors import ConfigError
+    from aexp.resume import check_same_config
+    old = {"model": {"_target_": "aexp.models.pooling.Baseline32", "activation": "relu"},
+           "train": {"epochs": 3}}
+    now = {"model": {**old["model"], "code_activation": None}, "train": {"epochs": 3, "channels_last": True}}
+    check_same_config(old, now, "old")                        # layout key + code = the stages' relu
+    check_same_config(old, {**now, "model": {**old["model"], "code_activation": "relu"}}, "old")
+    with pytest.raises(ConfigError, match=r"differs at model.code_activation \(checkpoint '<absent>', "
+                                          r"now 'none'\); the run predates model.code_activation: "
+                                          r"add model.code_activation=null"):
+        check_same_config(old, {**now, "model": {**old["model"], "code_activation": "none"}}, "old")
+    with pytest.raises(ConfigError, match="differs at train.new_knob .*give the run's own options"):
+        check_same_config(old, {**now, "train": {**now["train"], "new_knob": 1}}, "old")

@@ -162,3 +162,15 @@ def test_baseline32_output_clamps_and_passes_the_gradient_straight_through():
     assert outputs["clamp_st"] > 0                        # straight through: pulled back up
     with pytest.raises(ConfigError, match="model.output"):
         Baseline32((1, 16, 16), (1, 16, 16), output="tanh")
+
+
+def test_baseline32_code_is_linear_or_takes_the_stages_activation():
+    from aexp.models.pooling import Baseline32
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 16, 16)
+    linear = Baseline32((1, 16, 16), (1, 16, 16), channels=[4, 4, 4], latent_dim=32, code_activation="none")
+    same = Baseline32((1, 16, 16), (1, 16, 16), channels=[4, 4, 4], latent_dim=32)    # unset: relu
+    assert (linear.encode(x) < 0).any()                   # nothing clipped: no unit can die at 0
+    assert (same.encode(x) >= 0).all() and (same.encode(x) == 0).any()
+    with pytest.raises(ConfigError, match="unknown activation 'swish'"):
+        Baseline32((1, 16, 16), (1, 16, 16), code_activation="swish")

@@ -91,7 +91,7 @@ class Baseline32(nn.Module):
     take any size from 4x4 up, so the same weights train at 16x16 and then at 32x32."""
 
     def __init__(self, in_shape, out_shape, channels=(32, 64, 128), latent_dim=1000,
-                 grid=(16, 8, 4), activation="relu", output="clamp"):
+                 grid=(16, 8, 4), activation="relu", output="clamp", code_activation=None):
         super().__init__()
         if output not in OUTPUTS:
             raise ConfigError(f"model.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
@@ -112,7 +112,10 @@ class Baseline32(nn.Module):
         self.feature_shape = (channels[-1], grid[-1], grid[-1])
         flat = math.prod(self.feature_shape)
         self.latent_dim, self.latent_range = latent_dim, None
-        self.to_code = nn.Sequential(nn.Linear(flat, latent_dim), make_act(activation))
+        # The code's own activation; unset = the stages' one. "none" keeps the bottleneck linear,
+        # so no code unit can die (a ReLU code left about a third of 1000 units at zero).
+        self.to_code = nn.Sequential(nn.Linear(flat, latent_dim),
+                                     make_act(code_activation or activation))
         self.from_code = nn.Sequential(nn.Linear(latent_dim, flat), make_act(activation))
         back = channels[::-1]
         self.decoder = nn.Sequential(*[
