@@ -1,3 +1,17 @@
 """aexp: config-driven autoencoder experiments (train, render, evaluate)."""
 
 __version__ = "0.1.0"
+
+
+def _register_resolvers() -> None:
+    """`${aexp.run_id:}`: a random 4-hex-digit tag, drawn once per config (cached like Hydra's
+    `${now:}` and copied with it into sweep and cluster-job configs). The default run and sweep
+    folders end in it, so two runs started in the same second get two folders, not one."""
+    import secrets
+
+    from omegaconf import OmegaConf
+    if not OmegaConf.has_resolver("aexp.run_id"):
+        OmegaConf.register_new_resolver("aexp.run_id", lambda: secrets.token_hex(2), use_cache=True)
+
+
+_register_resolvers()

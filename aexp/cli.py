@@ -17,12 +17,12 @@ examples:
   aexp train
   aexp train model=vae dataset=mnist dataset.root=data train.epochs=2
   aexp train -m optimizer.lr=1e-3,3e-3
-  aexp train resume=outputs/2026-01-01/12-00-00
+  aexp train resume=outputs/2026-01-01/12-00-00_3f9a
   aexp lr-find model=conv dataset=mnist
-  aexp render outputs/2026-01-01/12-00-00
-  aexp eval outputs/2026-01-01/12-00-00
-  aexp summary multirun/2026-01-01/12-00-00 --metric best_val_loss
-  aexp explore outputs/2026-01-01/12-00-00 --projection tsne
+  aexp render outputs/2026-01-01/12-00-00_3f9a
+  aexp eval outputs/2026-01-01/12-00-00_3f9a
+  aexp summary multirun/2026-01-01/12-00-00_b71c --metric best_val_loss
+  aexp explore outputs/2026-01-01/12-00-00_3f9a --projection tsne
 """
 
 

@@ -178,7 +178,7 @@ def print_table(table: list[dict], metric: str) -> None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="aexp summary", description="Summarise every job of a multirun: "
                                  "summary.csv, summary.md, a table, and plots across the sweep.")
-    ap.add_argument("sweep_dir", type=Path, help="a multirun folder (multirun/<date>/<time>)")
+    ap.add_argument("sweep_dir", type=Path, help="a multirun folder (multirun/<date>/<time>_<tag>)")
     ap.add_argument("--metric", default="best_val_loss",
                     help="column plotted against each swept parameter (default best_val_loss; "
                          "e.g. final_val_loss, eval.reconstruction.psnr)")

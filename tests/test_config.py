@@ -69,3 +69,22 @@ def test_colour_model_on_images_fails_clearly(compose_cfg):
     data = _data_for(compose_cfg(["model=mlp"]))
     with pytest.raises(ConfigError, match="expects 3 input features"):
         build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape)
+
+
+def test_default_run_and_sweep_folders_end_in_a_tag_drawn_once_per_run():
+    """Two runs started in the same second must not share (and overwrite) one folder."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+
+    from aexp.paths import conf_dir
+    dirs = []
+    for _ in range(3):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", return_hydra_config=True)
+        run, sweep = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
+        assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_[0-9a-f]{4}", run), run
+        assert run == str(cfg.hydra.run.dir)                        # drawn once, then cached
+        assert sweep.startswith("multirun/") and sweep.rsplit("_", 1)[1] == run.rsplit("_", 1)[1]
+        dirs.append(run.rsplit("_", 1)[1])
+    assert len(set(dirs)) > 1          # each run draws its own (all three equal: p = 2**-32)
