@@ -109,19 +109,21 @@ def summarize(sweep: Path, metric: str = "best_val_loss", out: Path | None = Non
     if not jobs:
         raise AexpError(f"{sweep} holds no job folders (expected <job>/.hydra/ from `aexp train -m`)")
     out = Path(out) if out else sweep
-    table, curves, bound_curves = [], [], []
+    table, runs = [], []
     for job in jobs:
         row, rows, report = job_row(job)
         table.append(row)
-        label = ", ".join(f"{k}={v}" for k, v in overrides(job).items()) or job.name
-        if rows:
-            curves.append((label, [r["epoch"] for r in rows], [r.get("val_loss") for r in rows]))
-        c = report.get("colorization", {}).get("curve")
-        if c:
-            bound_curves.append((label, c["bounds"], c["accuracy"]))
+        runs.append((row, rows, report.get("colorization", {}).get("curve")))
     all_keys = list(dict.fromkeys(k for r in table for k in r))
     swept = [k for k in all_keys if k not in ("job", "status", "note") and not _is_result(k)
              and _varies(table, k)]
+    curves, bound_curves = [], []
+    for row, rows, c in runs:      # a curve is named by the options that differ between jobs
+        label = ", ".join(f"{k}={row[k]}" for k in swept if row.get(k) is not None) or f"job {row['job']}"
+        if rows:
+            curves.append((label, [r["epoch"] for r in rows], [r.get("val_loss") for r in rows]))
+        if c:
+            bound_curves.append((label, c["bounds"], c["accuracy"]))
     front = ["job", "status"] + [k for k in all_keys if not _is_result(k) and k not in ("job", "status", "note")]
     columns = front + [k for k in all_keys if _is_result(k)] + ["note"]
     table = [{c: r.get(c) for c in columns} for r in table]

@@ -187,3 +187,19 @@ def test_denoising_and_weight_product_pictures(tmp_path):
                                              "samples.png", "latent_pca.png", "interpolation.gif"})
     with Image.open(tmp_path / "pictures" / "denoising.png") as im:   # 3 row groups of enlarged 8x8 tiles
         assert im.height > im.width / 12 * 3 * 0.9
+
+
+def test_summary_curves_are_named_by_the_options_that_differ(tmp_path, monkeypatch):
+    from aexp import plots, summary
+    sweep = tmp_path / "sweep"
+    for job, lr in (("0", "0.001"), ("1", "0.01")):
+        d = sweep / job
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(
+            f"- dataset=mnist\n- train.epochs=2\n- optimizer.lr={lr}\n")
+        (d / "metrics.csv").write_text("epoch,train_loss,val_loss\n1,0.5,0.4\n2,0.3,0.2\n")
+    seen = []
+    monkeypatch.setattr(plots, "curves", lambda curves, path, *a: seen.append(
+        (path.name, [c[0] for c in curves])) or path)
+    summary.summarize(sweep)
+    assert ("summary_val_loss_curves.png", ["optimizer.lr=0.001", "optimizer.lr=0.01"]) in seen  # not dataset=...
