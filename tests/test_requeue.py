@@ -67,7 +67,7 @@ def submitit_handler(monkeypatch):
 def test_requeue_signal_waits_for_the_checkpoint_then_goes_to_submitit(submitit_handler):
     with pytest.raises(Interrupted):
         with StopSignals() as stop:
-            os.kill(os.getpid(), signal.SIGUSR2)
+            signal.raise_signal(signal.SIGUSR2)
             assert stop.requested() and submitit_handler == []   # not yet: the run saves first
             raise Interrupted("stopped by SIGUSR2", stop.signum)
     assert submitit_handler == [signal.SIGUSR2]
@@ -77,7 +77,7 @@ def test_sigterm_is_not_handed_to_submitit(submitit_handler):
     # `scancel` sends SIGTERM: the run saves and stops, and the job is not requeued.
     with pytest.raises(Interrupted):
         with StopSignals() as stop:
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
             assert stop.requested()
             raise Interrupted("stopped by SIGTERM", stop.signum)
     assert submitit_handler == []
