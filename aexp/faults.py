@@ -41,9 +41,13 @@ class StopSignals:
     def __enter__(self):
         # Python delivers signals to the main thread only; elsewhere (a test runner's worker
         # thread) there is nothing to install and the run simply cannot be stopped this way.
+        # A signal the process was started ignoring stays ignored (a shell without job control
+        # starts `cmd &` with SIGINT ignored; so does `nohup` for SIGHUP): taking it would let a
+        # signal meant to pass by stop the run.
         if threading.current_thread() is threading.main_thread():
             for s in (*SIGNALS, self._requeue) if self._requeue else SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame):

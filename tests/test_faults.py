@@ -67,9 +67,16 @@ def test_every_batch_bad_is_a_clear_stop(compose_cfg, tmp_path):
         train(cfg, tmp_path)
 
 
-def test_signals_only_raise_a_flag_and_a_second_one_acts():
-    # raise_signal sends to this thread, so the handler has run when it returns; os.kill may be
-    # taken by another thread of the process (left by an earlier test) and land a moment later.
+@pytest.fixture
+def sigint_default():
+    """Python's own SIGINT handler for the test: a process started in the background by a shell
+    without job control (`make test &`) begins with SIGINT ignored instead."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_signals_only_raise_a_flag_and_a_second_one_acts(sigint_default):
     with StopSignals() as stop:
         assert not stop.requested()
         signal.raise_signal(signal.SIGINT)
@@ -77,3 +84,13 @@ def test_signals_only_raise_a_flag_and_a_second_one_acts():
         with pytest.raises(KeyboardInterrupt):      # the previous handler is back
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_an_ignored_signal_stays_ignored(sigint_default):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with StopSignals() as stop:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        assert not stop.requested()
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL    # SIGTERM is still taken
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
