@@ -42,8 +42,8 @@ class StopSignals:
         # Python delivers signals to the main thread only; elsewhere (a test runner's worker
         # thread) there is nothing to install and the run simply cannot be stopped this way.
         # A signal the process was started ignoring stays ignored (a shell without job control
-        # starts `cmd &` with SIGINT ignored; so does `nohup` for SIGHUP): taking it would let a
-        # signal meant to pass by stop the run.
+        # starts `cmd &` with SIGINT ignored): taking it would let a signal meant to pass by stop
+        # the run.
         if threading.current_thread() is threading.main_thread():
             for s in (*SIGNALS, self._requeue) if self._requeue else SIGNALS:
                 if signal.getsignal(s) is not signal.SIG_IGN:

@@ -91,8 +91,8 @@ def check_same_config(saved: dict, current: dict, source: Path) -> None:
     if diff:
         k = diff[0]
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
-        hint = (f"the run predates {k}: add {ADDED_LATER[k][1]}"
-                if k not in a and ADDED_LATER.get(k, (0, None))[1] else "give the run's own options")
+        override = ADDED_LATER[k][1] if k not in a and k in ADDED_LATER else None
+        hint = f"the run predates {k}: add {override}" if override else "give the run's own options"
         raise ConfigError(f"cannot resume from {source}: the config differs at {k} (checkpoint "
                           f"{a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}){more}; {hint}, "
                           f"or resume=false to start over")
