@@ -32,7 +32,7 @@ demo: $(STAMP)
 # Side-by-side training benchmark (not part of `make test`); real MNIST with
 # `make bench BENCH_ARGS="--root DIR"` where DIR holds MNIST/raw. Writes outputs/bench/.
 bench: $(STAMP)
-	$(BIN)/python -m aexp.bench $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs/demo multirun .pytest_cache

@@ -1,43 +1,14 @@
 """Checkpoints: written atomically (temp file, fsync, rename), read with `weights_only=True` so a
 crafted file cannot run code. A checkpoint holds model/optimizer/scheduler state, the epoch,
 RNG states and the resolved config, so it describes itself."""
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from aexp.errors import CheckpointError
+from aexp.io import atomic_write
 
 FORMAT = "aexp-checkpoint-1"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files readable by their owner only; written files get the usual permissions.
-FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename it over
-    `path`: a reader sees the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(path: Path, state: dict) -> None:

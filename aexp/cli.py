@@ -1,18 +1,39 @@
-"""`aexp <command>`: `train` and `lr-find` go to the Hydra app (the only place that touches Hydra's globals);
-the other commands use argparse. User errors print one line and exit 2."""
+"""`aexp <command>`: one command table. `train` and `lr-find` compose a run config from Hydra
+overrides and go to the Hydra app (the only place that touches Hydra's globals); the other
+commands take argparse arguments. Commands are imported only when called, so `aexp render`
+starts without torch. User errors print one line and exit 2."""
+import importlib
 import os
 import sys
+from typing import NamedTuple
 
-USAGE = """usage: aexp <command> [args]
 
-commands:
-  train   [overrides]   train one run (Hydra overrides; -m/--multirun sweeps; --help for config help)
-  lr-find [overrides]   sweep the learning rate over a few hundred steps; plot + suggested lr
-  render  RUN_DIR       turn a run's latent frames into latent.mp4 (--fps, --out, --gif)
-  eval    RUN_DIR       test metrics (eval.json), a table and pictures in RUN_DIR/pictures/
-  summary MULTIRUN_DIR  one table (CSV, Markdown) and plots over every job of a sweep
-  explore RUN_DIR       write RUN_DIR/explorer.html, a page to click around the latent space (--serve)
+class Command(NamedTuple):
+    name: str
+    args: str
+    help: str
+    target: str          # "module:function", imported when the command runs
+    hydra: bool = False  # composed from Hydra overrides; called as function(cfg, run_dir, ...)
 
+
+COMMANDS = [
+    Command("train", "[overrides]", "train one run (Hydra overrides; -m/--multirun sweeps; --help "
+            "for config help)", "aexp.jobs:run_job", hydra=True),
+    Command("lr-find", "[overrides]", "sweep the learning rate over a few hundred steps; plot + "
+            "suggested lr", "aexp.run.lr_find:lr_find", hydra=True),
+    Command("render", "RUN_DIR", "turn a run's latent frames into latent.mp4 (--fps, --out, --gif)",
+            "aexp.report.render:main"),
+    Command("eval", "RUN_DIR", "test metrics (eval.json), a table and pictures in RUN_DIR/pictures/",
+            "aexp.report.evaluate:main"),
+    Command("summary", "MULTIRUN_DIR", "one table (CSV, Markdown) and plots over every job of a sweep",
+            "aexp.report.summary:main"),
+    Command("explore", "RUN_DIR", "write RUN_DIR/explorer.html, a page to click around the latent "
+            "space (--serve)", "aexp.report.explore:main"),
+]
+BY_NAME = {c.name: c for c in COMMANDS}
+
+USAGE = "usage: aexp <command> [args]\n\ncommands:\n" + "".join(
+    f"  {c.name:<8}{c.args:<14}{c.help}\n" for c in COMMANDS) + """
 examples:
   aexp train
   aexp train model=vae dataset=mnist dataset.root=data train.epochs=2
@@ -43,30 +64,27 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-# Commands that compose a run config from the same Hydra overrides: ("module:function", log
-# name); the function is called as function(cfg, run_dir, job_num=...).
-HYDRA_COMMANDS = {"train": ("aexp.jobs:run_job", "train"),
-                  "lr-find": ("aexp.lr_find:lr_find", "lr_find")}
+def _load(target: str):
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
-def _hydra(command: str, argv: list[str]) -> int:
+def _hydra(command: Command, argv: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from aexp.build import conf_dir
     from aexp.errors import AexpError, Interrupted
-    from aexp.paths import conf_dir
+    from aexp.run import distributed, resume
 
     status = {"code": 0}
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
     def app(cfg):
-        import importlib
         from pathlib import Path
 
-        from aexp import distributed
-        module, function = HYDRA_COMMANDS[command][0].split(":")
-        task = getattr(importlib.import_module(module), function)
+        task = _load(command.target)
         hc = HydraConfig.get()
         run_dir = distributed.agree(Path(hc.runtime.output_dir))
         multirun = hc.mode == RunMode.MULTIRUN
@@ -85,10 +103,9 @@ def _hydra(command: str, argv: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from aexp import distributed, resume
     try:
-        sys.argv = [f"aexp {command}", *resume.argv_for(argv), *distributed.hydra_overrides(),
-                    f"hydra.job.name={HYDRA_COMMANDS[command][1]}"]
+        sys.argv = [f"aexp {command.name}", *resume.argv_for(argv), *distributed.hydra_overrides(),
+                    f"hydra.job.name={command.name.replace('-', '_')}"]
         # Hydra prints its own errors over several lines and exits 1; with this set it raises
         # them instead, and they become one line and exit code 2 like every other user error.
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -114,20 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command in HYDRA_COMMANDS:
-        return _hydra(command, rest)
-    commands = {"render": "aexp.render", "eval": "aexp.evaluate", "summary": "aexp.summary",
-                "explore": "aexp.explore"}
-    if command not in commands:
-        print(f"aexp: unknown command '{command}' (choose from: {', '.join([*HYDRA_COMMANDS, *commands])}; "
+    name, rest = argv[0], argv[1:]
+    if name not in BY_NAME:
+        print(f"aexp: unknown command '{name}' (choose from: {', '.join(BY_NAME)}; "
               f"see aexp --help)", file=sys.stderr)
         return 2
-    import importlib
-
+    command = BY_NAME[name]
+    if command.hydra:
+        return _hydra(command, rest)
     from aexp.errors import AexpError
     try:
-        return importlib.import_module(commands[command]).main(rest)
+        return _load(command.target)(rest)
     except AexpError as e:
         return _fail(str(e), e.exit_code)
 

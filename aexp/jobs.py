@@ -1,16 +1,19 @@
-"""One job of a run or sweep, around `train`: skip it when its folder already holds the finished
-run (so re-running a multirun only does the unfinished jobs), pin it to a GPU when several jobs
-share a multi-GPU machine, mark it finished, and return the value a sweeper (Optuna) optimises."""
+"""One job of a run or sweep, the layer above `run/` and `report/`: check the config, skip the job
+when its folder already holds the finished run (so re-running a multirun only does the unfinished
+jobs), pin it to a GPU when several jobs share a multi-GPU machine, train (`run.train`), evaluate
+the run folder (`report.evaluate`, when `eval.enabled`), mark it finished, and return the value a
+sweeper (Optuna) optimises."""
 import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from aexp import distributed
-from aexp.checkpoint import atomic_write
-from aexp.errors import ConfigError
-from aexp.evaluate import flatten
-from aexp.metrics import read_csv
+from aexp.build import check_config, load_run
+from aexp.errors import AexpError, ConfigError
+from aexp.io import atomic_write, flatten, read_csv
+from aexp.report import evaluate
+from aexp.run import distributed
+from aexp.run.train import console, train
 
 MARKER = "COMPLETED.json"
 # Keys that say how to run, not what is computed: a finished run stays finished when they change.
@@ -57,9 +60,7 @@ def objective(cfg, run_dir: Path) -> float:
     rows = read_csv(Path(run_dir) / "metrics.csv")
     if rows and name in rows[0]:
         values = [r[name] for r in rows if isinstance(r[name], (int, float))]
-        pick = {"last": lambda v: v[-1], "min": min, "max": max}
-        if reduce not in pick:
-            raise ConfigError(f"objective.reduce must be one of {', '.join(pick)}, got {reduce!r}")
+        pick = {"last": lambda v: v[-1], "min": min, "max": max}   # checked by build.check_config
         return float(pick[reduce](values))
     evaluation = Path(run_dir) / "eval.json"
     # eval.json nests its sections; the objective names a leaf by its dotted path
@@ -83,9 +84,8 @@ def pin_gpu(job_num: int) -> None:
 def run_job(cfg, run_dir: Path, job_num: int | None = None, overrides: list[str] = ()) -> float:
     """Train `cfg` into `run_dir` unless it already finished there; return the objective.
     `overrides` (the command line's) are kept in checkpoints, for `resume=`."""
-    from aexp.train import console, train
-
     run_dir = Path(run_dir)
+    check_config(cfg)   # every value, before anything is loaded or trained
     if finished(cfg, run_dir):
         if distributed.is_main():
             console.print(f"[bold]aexp[/] {run_dir} already holds this finished run: skipped")
@@ -94,54 +94,23 @@ def run_job(cfg, run_dir: Path, job_num: int | None = None, overrides: list[str]
         pin_gpu(job_num)
     row = train(cfg, run_dir, overrides=overrides)
     if distributed.is_main():
+        evaluate_run(cfg, run_dir)
         mark_finished(cfg, run_dir, row)
     distributed.barrier()   # the other ranks read the objective only once rank 0 has written it
     return objective(cfg, run_dir)
 
 
-def best_trial(sweep_dir: Path) -> tuple[Path | None, dict] | None:
-    """For an Optuna sweep folder: (the job folder of the best trial, optimization_results.yaml),
-    the folder found by matching the best parameters against each job's overrides (None when the
-    best trial ran in an earlier invocation of a continued search). None for other sweeps."""
-    sweep_dir = Path(sweep_dir)
-    results = sweep_dir / "optimization_results.yaml"
-    if not results.is_file():
-        return None
-    best = OmegaConf.to_container(OmegaConf.load(results))
-    for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        given = dict(o.split("=", 1) for o in OmegaConf.load(overrides) if "=" in o)
-        params = best.get("best_params") or {}
-        if params and all(k in given and _same(given[k], v) for k, v in params.items()):
-            return overrides.parent.parent, best
-    return None, best
-
-
-def describe_best(sweep_dir: Path) -> tuple[Path | None, str] | None:
-    """(the best trial's job folder, one line saying which trial won, with what parameters and
-    value of which objective) for an Optuna sweep folder; None for other sweeps."""
-    found = best_trial(sweep_dir)
-    if found is None or "best_value" not in found[1]:
-        return None   # not Optuna, or a multi-objective search (no single best trial)
-    folder, result = found
-    params = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in result.get("best_params", {}).items())
-    # What was optimised, from a job's own config: the best one's, else any in the folder.
-    job = folder or next((p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/hydra.yaml")), None)
-    metric, direction, study = "objective", "", ""
-    if job is not None:
-        goal = OmegaConf.load(job / ".hydra" / "config.yaml").get("objective") or {}
-        reduce = goal.get("reduce", "last")
-        metric = goal.get("metric", metric) + (f" ({reduce} over epochs)" if reduce != "last" else "")
-        sweeper = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.sweeper
-        direction, study = f", {sweeper.get('direction')}d", f" of study {sweeper.get('study_name')}"
-    where = f"job {folder.name}" if folder else "a trial run in an earlier invocation (not in this folder)"
-    value = result["best_value"]
-    value = f"{value:.5g}" if isinstance(value, float) else str(value)
-    return folder, f"Optuna best trial{study}: {where} · {params} · {metric} = {value}{direction}"
-
-
-def _same(text: str, value) -> bool:
+def evaluate_run(cfg, run_dir: Path) -> None:
+    """Test metrics and pictures of the trained run when `eval.enabled`. A failure of the
+    evaluation is reported but does not undo the training."""
+    ev = evaluate.settings(cfg)
+    if not ev.enabled:
+        return
     try:
-        return float(text) == float(value)
-    except (TypeError, ValueError):
-        return text == str(value)
+        run = load_run(run_dir, which=str(ev.checkpoint), device=str(cfg.device))
+        report = evaluate.evaluate(run, ev, log=console.log, pictures=bool(ev.pictures))
+    except AexpError as e:
+        console.print(f"[yellow]aexp: warning: evaluation failed: {e}[/]")
+        return
+    console.print(f"[bold]eval[/] {len(report.get('pictures', []))} pictures and eval.json in {run_dir} "
+                  f"({report['eval_seconds']:.1f}s)")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from aexp.errors import ConfigError
-from aexp.losses import (MSE, ColourTriplet, Contractive, GaussianKL, LabelTriplet, Loss,
+from aexp.losses import (MSE, ColorTriplet, Contractive, GaussianKL, LabelTriplet, Loss,
                          cb_log_norm, triplet_margin)
 from aexp.models import Output
 
@@ -120,7 +120,7 @@ class Scale(nn.Module):
 def test_colour_triplet_zero_when_latent_separates_colours():
     torch.manual_seed(0)
     x = torch.rand(64, 3)
-    term = ColourTriplet(margin=0.1, nudge=0.001, min_distance=0.3)
+    term = ColorTriplet(margin=0.1, nudge=0.001, min_distance=0.3)
     # latent = 100 x colour: nudged positives stay close, negatives at least 30 away
     assert term(Output(None, 100 * x, {}), x, x, Scale(100.0), "sum").abs().max() == 0
     # a collapsed latent separates nothing: every triplet costs the margin

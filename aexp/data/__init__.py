@@ -1,5 +1,7 @@
-"""Datasets -> resident tensors. `Data`/`Split` are the contract (see core.py); each dataset
-option in conf/dataset/ names one of the builders re-exported here."""
+"""Data: datasets as resident tensors (`Data`/`Split` are the contract, see core.py), the task
+that turns a sample into (input, target) (`tasks`), input corruption (`corruption`) and colour
+spaces (`color`). Each option in conf/dataset/ names one of the builders re-exported here;
+conf/task/ and conf/corruption/ name classes of `tasks` and `corruption`."""
 from aexp.data.builtin import colors, digits
 from aexp.data.core import Data, Split, as_float, carve
 from aexp.data.files import MNIST_FILES, cifar10, fashion_mnist, mnist, read_idx

@@ -7,10 +7,10 @@ from typing import Callable
 
 import torch
 
-from aexp.color import ENCODINGS
-from aexp.corruption import Corruption, NoCorruption
+from aexp.data.color import ENCODINGS
+from aexp.data.corruption import Corruption, NoCorruption
+from aexp.data.tasks import Reconstruct, Task
 from aexp.errors import ConfigError, DataError
-from aexp.tasks import Reconstruct, Task
 
 
 @dataclass
@@ -34,22 +34,17 @@ class Data:
     num_classes: int | None = None
     classes: list = field(default_factory=list)
     encoding: str = "rgb"           # how colours are shown to the model: rgb | hsv | lab
-    pipeline: Task = field(default_factory=Reconstruct)
+    task: Task = field(default_factory=Reconstruct)   # task.name: "reconstruct" | "colorize"
     corruption: Corruption = field(default_factory=NoCorruption)
     redraw: Callable | None = None  # redraw(generator) -> a fresh training split's x, or None
 
     @property
-    def task(self) -> str:
-        """"reconstruct" or "colorize"."""
-        return self.pipeline.name
-
-    @property
     def in_shape(self) -> tuple:
-        return tuple(self.pipeline.shapes(tuple(self.train.x.shape[1:]))[0])
+        return tuple(self.task.shapes(tuple(self.train.x.shape[1:]))[0])
 
     @property
     def out_shape(self) -> tuple:
-        return tuple(self.pipeline.shapes(tuple(self.train.x.shape[1:]))[1])
+        return tuple(self.task.shapes(tuple(self.train.x.shape[1:]))[1])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return ENCODINGS[self.encoding][0](x)
@@ -62,8 +57,8 @@ class Data:
         if self.encoding not in ENCODINGS:
             raise ConfigError(f"dataset.encoding must be one of {', '.join(ENCODINGS)}, "
                               f"got '{self.encoding}'")
-        out = replace(self, pipeline=task or Reconstruct(), corruption=corruption or NoCorruption())
-        out.pipeline.setup(out)
+        out = replace(self, task=task or Reconstruct(), corruption=corruption or NoCorruption())
+        out.task.setup(out)
         out.corruption.check(out.in_shape)
         return out
 
@@ -73,18 +68,21 @@ class Data:
         and the input corruption; evaluation batches get neither."""
         x = self.encode(as_float(take(split.x, idx)))
         if train:
-            x = self.pipeline.augment(x)
-        inp, target = self.pipeline.pair(x)
+            x = self.task.augment(x)
+        inp, target = self.task.pair(x)
         if train:
             inp = self.corruption(inp)
-        return self.pipeline.normalize(inp), target
+        return self.task.normalize(inp), target
 
-    def to_rgb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """RGB pictures in [0, 1] ([N, 3, H, W], or [N, 3] for colours) from a model input `x`
-        as `batch` returns it and a target or prediction `y`: the reconstruction for
-        "reconstruct" (grey images repeated to 3 channels), L of `x` joined with the predicted
-        a,b for "colorize"."""
-        return self.pipeline.rgb(self.pipeline.unnormalize(x), y, self.decode).clamp(0, 1)
+    def to_rgb(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        """What a person (or the classifier) looks at: RGB pictures in [0, 1] ([N, 3, H, W], or
+        [N, 3] for colours) from a model input `x` as `batch` returns it and a target or
+        prediction `y`: the reconstruction for "reconstruct" (grey images repeated to 3
+        channels), L of `x` joined with the predicted a,b for "colorize". `x` is None for
+        decoded codes, which have no input: a colourisation's a,b are then shown over mid-grey."""
+        shown = (self.task.unnormalize(x) if x is not None
+                 else torch.full((len(y), *self.in_shape), 0.5, device=y.device))
+        return self.task.rgb(shown, y, self.decode).clamp(0, 1)
 
     def new_epoch(self, gen: torch.Generator) -> None:
         """Called once at the start of every training epoch: datasets drawn fresh each epoch
@@ -95,7 +93,7 @@ class Data:
 
     def to(self, device) -> "Data":
         move = lambda s: Split(s.x.to(device), None if s.y is None else s.y.to(device))
-        self.pipeline.to(device)
+        self.task.to(device)
         return replace(self, train=move(self.train), val=move(self.val), test=move(self.test))
 
 

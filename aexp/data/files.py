@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aexp.checkpoint import atomic_write
 from aexp.data.core import Data, Split, carve
 from aexp.errors import DataError
+from aexp.io import atomic_write
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

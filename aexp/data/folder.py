@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from aexp.checkpoint import atomic_write
 from aexp.data.core import Data, Split, take
 from aexp.errors import ConfigError, DataError
+from aexp.io import atomic_write, cache_root
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 MODES = {"rgb": "RGB", "gray": "L"}       # config name -> PIL mode
@@ -101,7 +101,7 @@ def _decoded(folder, files, hw, pil_mode, fit, cache, cache_dir) -> torch.Tensor
     """All images as one uint8 tensor [N, C, H, W], from the cache when its key matches."""
     listing = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     key = hashlib.sha256(json.dumps([str(folder), hw, pil_mode, fit, listing]).encode()).hexdigest()
-    path = _cache_dir(cache_dir) / f"image_folder-{folder.name}-{key[:20]}.pt"
+    path = cache_root(cache_dir) / f"image_folder-{folder.name}-{key[:20]}.pt"
     if cache and path.is_file():
         try:
             x = torch.load(path, weights_only=True)["x"]
@@ -137,7 +137,3 @@ def decode_all(folder, files, hw, pil_mode, fit) -> torch.Tensor:
     arrays = arrays[..., None] if arrays.ndim == 3 else arrays
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
 
-
-def _cache_dir(cache_dir) -> Path:
-    """`cache_dir` when set, else $AEXP_CACHE, else ~/.cache/aexp."""
-    return Path(cache_dir or os.environ.get("AEXP_CACHE") or Path.home() / ".cache" / "aexp").expanduser()

@@ -2,11 +2,11 @@
 `recon` (output vs target), `latent` (the code), `perceptual` (feature maps). Config targets
 name them here, e.g. `aexp.losses.MSE`."""
 from aexp.losses.core import REDUCTIONS, Loss, Term, per_sample
-from aexp.losses.latent import (ColourTriplet, Contractive, GaussianKL, LabelTriplet, Sparsity,
+from aexp.losses.latent import (ColorTriplet, Contractive, GaussianKL, LabelTriplet, Sparsity,
                                 gaussian_kl, triplet_margin)
 from aexp.losses.perceptual import Perceptual
 from aexp.losses.recon import BCE, L1, MSE, ContinuousBernoulli, cb_log_norm
 
 __all__ = ["REDUCTIONS", "Loss", "Term", "per_sample", "MSE", "L1", "BCE", "ContinuousBernoulli",
-           "cb_log_norm", "GaussianKL", "gaussian_kl", "Sparsity", "Contractive", "ColourTriplet",
+           "cb_log_norm", "GaussianKL", "gaussian_kl", "Sparsity", "Contractive", "ColorTriplet",
            "LabelTriplet", "triplet_margin", "Perceptual"]

@@ -75,7 +75,7 @@ def triplet_margin(za, zp, zn, margin):
     return F.relu((za - zp).norm(dim=1) - (za - zn).norm(dim=1) + margin)
 
 
-class ColourTriplet(Term):
+class ColorTriplet(Term):
     """Triplet margin on latents for colour data: the positive is a small nudge of the anchor
     colour (Gaussian, std `nudge`), the negative a random colour farther than `min_distance`
     from it (the farthest of `candidates` draws when none is). Value is per sample; the

@@ -4,7 +4,8 @@ at chosen layers, with per-layer weights, plus an optional Gram-matrix (style) t
 The feature network is frozen and comes from a local file, never a download:
 - `weights: PATH` - torchvision VGG16-bn with that state dict (full model or `features.*` only);
   layers are named `relu{block}_{conv}`, e.g. relu1_2, relu2_2, relu3_3, relu4_3.
-- `features_run: RUN_DIR` - the encoder of a model aexp trained itself (its best checkpoint),
+- `features_run: RUN_DIR` - the encoder of a model aexp trained itself (its best checkpoint,
+  loaded by `aexp.build`),
   when no VGG weights are at hand; layers are `stage1`, `stage2`, ... (the encoder's top-level
   blocks). Its features were learned for reconstructing that run's data, so it is a weaker
   stand-in for an ImageNet network, but an honest, trained one.
@@ -51,11 +52,10 @@ def vgg_stages(path: str) -> tuple[list, list]:
     return list(features), names
 
 
-def run_stages(run_dir: str) -> tuple[list, list]:
-    """The top-level encoder blocks of a model trained by aexp (its best checkpoint)."""
-    from aexp.runs import load_run
-    model = load_run(run_dir, "best", device="cpu").model
-    encoder = getattr(model, "encoder", None)
+def encoder_stages(model, run_dir) -> tuple[list, list]:
+    """The top-level encoder blocks of a model aexp trained (`build` loads the run named by
+    `features_run` and hands its model here)."""
+    encoder = getattr(model, "encoder", None)   # not part of the model contract: dense VAEs lack it
     if not isinstance(encoder, nn.Sequential):
         raise ConfigError(f"perceptual loss: the model of {run_dir} has no sequential encoder "
                           f"to take features from (use a conv or resnet run)")
@@ -72,13 +72,15 @@ def gram(f: torch.Tensor) -> torch.Tensor:
 
 class Perceptual(Term):
     def __init__(self, weight: float = 1.0, layers: dict | None = None, style_weight: float = 0.0,
-                 weights: str | None = None, features_run: str | None = None, imagenet_norm=None):
+                 weights: str | None = None, features_run: str | None = None, imagenet_norm=None,
+                 run_model=None):
         super().__init__(weight)
         if (weights is None) == (features_run is None):
             raise ConfigError("perceptual loss needs exactly one feature network: "
                               "loss.terms.perceptual.weights=<VGG16-bn state dict file> or "
                               "features_run=<an aexp run folder>")
-        stages, names = vgg_stages(weights) if weights else run_stages(features_run)
+        # `run_model`: the model of `features_run`, loaded by `build` (config -> objects)
+        stages, names = vgg_stages(weights) if weights else encoder_stages(run_model, features_run)
         layers = dict(layers or {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0})
         unknown = [n for n in layers if n not in names]
         if unknown:

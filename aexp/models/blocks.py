@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aexp.errors import ConfigError
-from aexp.models import activation as make_act
+from aexp.models.base import activation as make_act
 
 
 def conv_bn_act(c_in, c_out, kernel=3, stride=1, act="relu", bn_first=True):

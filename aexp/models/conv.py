@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from aexp.errors import ConfigError
-from aexp.models import Output
-from aexp.models import activation as make_act
+from aexp.models.base import Autoencoder, Output
+from aexp.models.base import activation as make_act
 from aexp.models.blocks import GaussianHead, UpBlock, check_sizes, conv_bn_act, halvings
 
 
-class ConvAE(nn.Module):
+class ConvAE(Autoencoder):
     def __init__(self, in_shape, out_shape, channels=(32, 64, 128), latent_dim=None,
                  upsample="transpose", activation="relu", output_activation="sigmoid",
                  variational=False):
@@ -33,7 +33,6 @@ class ConvAE(nn.Module):
         self.sizes = halvings(self.in_shape[1:], len(channels))
         check_sizes(self.sizes, "conv model")
         self.variational = variational
-        self.latent_range = None      # the code is unbounded
         widths = [self.in_shape[0]] + channels
         self.encoder = nn.Sequential(*[conv_bn_act(a, b, stride=2, act=activation)
                                        for a, b in zip(widths[:-1], widths[1:])])

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from aexp.errors import ConfigError
-from aexp.models import BOUNDS, Output
-from aexp.models import activation as make_act
+from aexp.models.base import BOUNDS, Autoencoder, Output
+from aexp.models.base import activation as make_act
 
 
 def _stack(sizes, act, bias: bool = True) -> list:
@@ -22,7 +22,7 @@ def _stack(sizes, act, bias: bool = True) -> list:
     return layers
 
 
-class MLP(nn.Module):
+class MLP(Autoencoder):
     """Dense autoencoder: flatten -> hidden layers -> latent -> mirrored hidden -> output.
 
     `hidden: []` gives a linear autoencoder (e.g. the RGB -> 2-D -> RGB colour model, or the
@@ -74,12 +74,8 @@ class MLP(nn.Module):
     def decode(self, z):
         return self.decoder(z).view(-1, *self.out_shape)
 
-    def forward(self, x):
-        z = self.encode(x)
-        return Output(self.decode(z), z, {})
 
-
-class VAE(nn.Module):
+class VAE(Autoencoder):
     """Dense Gaussian VAE: encoder -> (mu, log-variance) heads; z = mu + sigma * eps while
     training, z = mu at evaluation; decoder mirrors the encoder."""
 
@@ -90,7 +86,6 @@ class VAE(nn.Module):
         n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
         hidden = list(hidden)
         self.latent_dim = latent_dim
-        self.latent_range = None
         self.body = nn.Sequential(nn.Flatten(), *_stack([n_in] + hidden, activation))
         width = ([n_in] + hidden)[-1]
         self.mu = nn.Linear(width, latent_dim)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from aexp.errors import ConfigError
-from aexp.models import Output
-from aexp.models import activation as make_act
+from aexp.models.base import Autoencoder, Output
+from aexp.models.base import activation as make_act
 from aexp.models.blocks import check_sizes, conv_bn_act, halvings
 
 
@@ -29,7 +29,7 @@ def _images(model, in_shape, out_shape):
                           f"the dataset gives {tuple(in_shape)} -> {tuple(out_shape)}")
 
 
-class PoolingCNN(nn.Module):
+class PoolingCNN(Autoencoder):
     """Colourisation CNN. Each level: MaxPool(kernel 5, stride 2, padding 2), then a stride-1
     transposed conv (kernel 5) + activation + BatchNorm (BatchNorm after the activation). The
     decoder mirrors it with nearest upsampling; the output is clamped by HardTanh(0, 1).
@@ -59,7 +59,6 @@ class PoolingCNN(nn.Module):
         self.up = nn.ModuleList([block(width, width) for _ in range(pooling)])
         self.head = nn.Sequential(nn.ConvTranspose2d(width, c_out, k, 1, pad), nn.Hardtanh(0.0, 1.0))
         self.latent_dim = width * math.prod(self.sizes[-1])
-        self.latent_range = None
         self.width = width
 
     def _encode(self, x):
@@ -84,7 +83,7 @@ class PoolingCNN(nn.Module):
         return Output(self.decode(h.flatten(1), sizes), h.flatten(1), {})
 
 
-class Baseline32(nn.Module):
+class Baseline32(Autoencoder):
     """The 32x32 baseline: conv + BatchNorm + ReLU stages each followed by adaptive max-pooling to
     16, 8 and 4 pixels, a dense bottleneck (1000-d by default), and a decoder of nearest-upsample +
     conv blocks back to the input's size, clamped to [0, 1]. Adaptive pooling makes the encoder
@@ -111,7 +110,7 @@ class Baseline32(nn.Module):
             for a, b, g in zip(widths[:-1], widths[1:], grid)], nn.Flatten())
         self.feature_shape = (channels[-1], grid[-1], grid[-1])
         flat = math.prod(self.feature_shape)
-        self.latent_dim, self.latent_range = latent_dim, None
+        self.latent_dim = latent_dim
         # The code's own activation; unset = the stages' one. "none" keeps the bottleneck linear,
         # so no code unit can die (a ReLU code left about a third of 1000 units at zero).
         self.to_code = nn.Sequential(nn.Linear(flat, latent_dim),

@@ -9,8 +9,8 @@ import torchvision
 from torch import nn
 
 from aexp.errors import ConfigError
-from aexp.models import Output
-from aexp.models import activation as make_act
+from aexp.models.base import Autoencoder, Output
+from aexp.models.base import activation as make_act
 from aexp.models.blocks import UpBlock, check_sizes, halvings
 from aexp.models.conv import ConvAE
 
@@ -36,7 +36,7 @@ def load_weights(net: nn.Module, path: str) -> None:
                           f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
 
 
-class ResNetAE(nn.Module):
+class ResNetAE(Autoencoder):
     def __init__(self, in_shape, out_shape, arch="resnet18", weights=None, freeze_epochs=0,
                  decoder_channels=(256, 128, 64, 32), latent_dim=None, upsample="nearest",
                  activation="relu", output_activation="sigmoid"):
@@ -67,7 +67,6 @@ class ResNetAE(nn.Module):
         self.feature_shape = (c_feat, *self.sizes[-1])
         flat = math.prod(self.feature_shape)
         self.latent_dim = latent_dim or flat
-        self.latent_range = None
         self.bottleneck = None if latent_dim is None else nn.Linear(flat, latent_dim)
         self.unbottleneck = None if latent_dim is None else nn.Linear(latent_dim, flat)
         back = [c_feat] + list(decoder_channels) + [self.out_shape[0]]
@@ -78,10 +77,11 @@ class ResNetAE(nn.Module):
                                       for i, (a, b) in enumerate(zip(back[:-1], back[1:]))])
         self.out_act = make_act(output_activation)
 
-    def start_epoch(self, epoch: int) -> None:
-        """Freeze the encoder during epochs 1..freeze_epochs, train it afterwards."""
+    def start_epoch(self, epoch: int | None) -> None:
+        """Freeze the encoder during epochs 1..freeze_epochs, train it afterwards (and outside
+        a training run: epoch None)."""
         for p in self.encoder.parameters():
-            p.requires_grad_(epoch > self.freeze_epochs)
+            p.requires_grad_(epoch is None or epoch > self.freeze_epochs)
 
     def encode(self, x):
         h = self.encoder(x).flatten(1)

@@ -8,7 +8,6 @@ settings (`eval.classifier.cache_dir`, default `$AEXP_CACHE/classifiers` or
 `~/.cache/aexp/classifiers`)."""
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -16,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from aexp import checkpoint
+from aexp.io import cache_root
 
 VERSION = 3  # bump when the architecture or training changes, so old caches are not reused
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("AEXP_CACHE", "~/.cache/aexp")).expanduser() / "classifiers"
+    return cache_root() / "classifiers"
 
 
 class SmallCNN(nn.Module):

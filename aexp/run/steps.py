@@ -1,13 +1,14 @@
-"""Optional pieces of the training loop, each a plain function `train()` calls: the step plan
-(epochs or `train.max_steps`), mixed precision and torch.compile, progressive resizing, gradient
-clipping, per-epoch hooks (encoder freezing, loss warm-up) and class labels for the loss."""
+"""The training loop's pieces, each a plain function `train()` (and `lr_find`) calls: the
+preflight check, the step plan (epochs or `train.max_steps`), mixed precision and torch.compile,
+progressive resizing, gradient clipping, the per-epoch hook (encoder freezing, loss warm-up),
+class labels for the loss, and the validation-loss pass."""
 import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
-from aexp.errors import ConfigError
+from aexp.errors import AexpError, ConfigError
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -22,11 +23,9 @@ def plan(train_cfg, n: int) -> tuple[int, int, int]:
     steps = steps_per_epoch(n, train_cfg.batch_size)
     if steps < 1:
         raise ConfigError(f"the training split of {n} sample(s) gives no batch; use more data")
-    max_steps = train_cfg.get("max_steps")
+    max_steps = train_cfg.get("max_steps")   # checked (>= 1) by build.check_config
     if max_steps is None:
         return train_cfg.epochs, steps, train_cfg.epochs * steps
-    if max_steps < 1:
-        raise ConfigError(f"train.max_steps must be at least 1 (or null), got {max_steps}")
     return math.ceil(max_steps / steps), steps, max_steps
 
 
@@ -56,12 +55,9 @@ def resize(x, y, size):
 @torch.no_grad()
 def check_progressive(model, data, stages) -> None:
     """Fail before training when the model cannot train at a progressive size (e.g. a dense
-    bottleneck built for one size)."""
+    bottleneck built for one size). The stages' own values are checked by build.check_config."""
     if not stages:
         return
-    for stage in stages:
-        if stage.get("epochs", 0) < 1 or stage.get("size") is None:
-            raise ConfigError(f"train.progressive stages need a size and epochs >= 1, got {dict(stage)}")
     x, y = data.batch(data.train, torch.arange(2, device=data.train.x.device))
     was = model.training
     model.eval()
@@ -88,13 +84,11 @@ def clip_gradients(model, max_norm) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
-def start_epoch(model, loss_fn, epoch: int) -> None:
-    """Tell the model and loss which epoch starts: a pretrained encoder may stay frozen for the
-    first epochs; a loss weight may warm up."""
-    if hasattr(model, "start_epoch"):
-        model.start_epoch(epoch)
-    if hasattr(loss_fn, "set_epoch"):
-        loss_fn.set_epoch(epoch)
+def start_epoch(model, loss_fn, epoch: int | None) -> None:
+    """Tell the model and loss which epoch starts (None: outside a training run, i.e. the final
+    state): a pretrained encoder may stay frozen for the first epochs; a loss weight may warm up."""
+    model.start_epoch(epoch)
+    loss_fn.set_epoch(epoch)
 
 
 def labels(split, idx):
@@ -102,15 +96,10 @@ def labels(split, idx):
     return None if split.y is None else split.y[idx]
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
 def autocast(precision: str, device: torch.device):
     """The context the training forward and loss run in: bf16 autocast, or nothing (fp32).
     `auto` means bf16 on CUDA (its tensor cores) and fp32 on the CPU, where bf16 matmuls are
     rarely faster. One code path: the loop always enters this context."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -119,3 +108,38 @@ def autocast(precision: str, device: torch.device):
 def compiled(net: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     """`torch.compile(net)` when `train.compile` is on (the first steps pay the compilation)."""
     return torch.compile(net) if enabled else net
+
+
+def preflight(model, loss_fn, data) -> None:
+    """One forward and loss on two samples, so a model that cannot take the data's shape, or a
+    loss that does not fit the model, fails before any work with one clear line."""
+    idx = torch.arange(min(2, len(data.train)), device=data.train.x.device)
+    x, y = data.batch(data.train, idx)
+    try:
+        with torch.no_grad():
+            out = model(x)
+            terms = loss_fn(out, x, y, model, labels=labels(data.train, idx))
+    except AexpError:
+        raise
+    except RuntimeError as e:
+        raise ConfigError(f"model {type(model).__name__} cannot take {data.name} data of shape "
+                          f"{tuple(data.in_shape)}: {str(e).splitlines()[0]}") from None
+    if out.x_hat.shape != y.shape:
+        raise ConfigError(f"model output shape {tuple(out.x_hat.shape[1:])} differs from the "
+                          f"target shape {tuple(y.shape[1:])}")
+    if not all(torch.isfinite(v) for v in terms.values()):
+        raise ConfigError("the loss is not finite on the first batch")
+
+
+@torch.no_grad()
+def validation_loss(model, loss_fn, data, split, batch_size: int) -> dict:
+    """Batch-size-weighted mean of every loss term over a split (model in eval mode)."""
+    model.eval()
+    sums, n = {}, len(split)
+    for i in range(0, n, batch_size):
+        idx = torch.arange(i, min(i + batch_size, n), device=split.x.device)
+        x, y = data.batch(split, idx)
+        for k, v in loss_fn(model(x), x, y, model, labels=labels(split, idx)).items():
+            sums[k] = sums.get(k, 0.0) + v.detach() * len(x)
+    model.train()
+    return {k: float(v) / n for k, v in sums.items()}

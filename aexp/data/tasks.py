@@ -11,7 +11,7 @@ Every task shares the same steps, in this order (see `Data.batch`):
 """
 import torch
 
-from aexp.color import lab_unit_to_rgb, rgb_to_lab_unit
+from aexp.data.color import lab_unit_to_rgb, rgb_to_lab_unit
 from aexp.errors import ConfigError
 
 NORMALIZATIONS = ("unit", "none", "standard")

@@ -11,16 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aexp import loop
+from aexp.build import build, build_parts, check_config, resolve_device, seed_everything
 from aexp.errors import ConfigError
-
-
-def lr_range(start: float, end: float, steps: int) -> np.ndarray:
-    if not 0 < start < end:
-        raise ConfigError(f"lr_find needs 0 < start < end, got start={start}, end={end}")
-    if steps < 10:
-        raise ConfigError(f"lr_find.steps must be at least 10, got {steps}")
-    return np.geomspace(start, end, steps)
+from aexp.run import steps as st
+from aexp.run.train import console
 
 
 def suggest(lrs, smoothed) -> float:
@@ -35,7 +29,7 @@ def suggest(lrs, smoothed) -> float:
 
 
 def plot(path: Path, lrs, losses, smoothed, best_lr: float) -> None:
-    import matplotlib
+    import matplotlib   # imported here: `aexp train` never needs it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -53,22 +47,20 @@ def plot(path: Path, lrs, losses, smoothed, best_lr: float) -> None:
 
 
 def lr_find(cfg, run_dir: Path, job_num=None, overrides=None) -> float:
-    from aexp.train import build, build_parts, check_config, console, preflight, resolve_device
-    from aexp.train import seed_everything
     run_dir = Path(run_dir)
-    check_config(cfg)
+    check_config(cfg)   # lr_find.start < end and steps >= 10 among the rest
     opts = cfg.get("lr_find", {})
-    lrs = lr_range(opts.get("start", 1e-7), opts.get("end", 10.0), opts.get("steps", 200))
+    lrs = np.geomspace(opts.get("start", 1e-7), opts.get("end", 10.0), opts.get("steps", 200))
     stop_factor, beta = opts.get("stop_factor", 4.0), opts.get("smoothing", 0.9)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     data, model, loss_fn = build_parts(cfg, device)
     optimizer = build(cfg.optimizer, params=model.parameters())
-    preflight(model, loss_fn, data)
-    loop.start_epoch(model, loss_fn, None)   # final loss weights, unfrozen encoder
+    st.preflight(model, loss_fn, data)
+    st.start_epoch(model, loss_fn, None)   # final loss weights, unfrozen encoder
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, n = cfg.train.batch_size, len(data.train)
-    _, steps, _ = loop.plan(cfg.train, n)    # raises when the split gives no batch
+    _, steps, _ = st.plan(cfg.train, n)    # raises when the split gives no batch
     console.print(f"[bold]aexp lr-find[/] {type(model).__name__} on {data.name}: lr {lrs[0]:.1e} -> "
                   f"{lrs[-1]:.1e} over {len(lrs)} steps · {device}")
     model.train()
@@ -81,10 +73,10 @@ def lr_find(cfg, run_dir: Path, job_num=None, overrides=None) -> float:
         for group in optimizer.param_groups:
             group["lr"] = float(lr)
         x, y = data.batch(data.train, idx, train=True)
-        loss = loss_fn(model(x), x, y, model, labels=loop.labels(data.train, idx))["loss"]
+        loss = loss_fn(model(x), x, y, model, labels=st.labels(data.train, idx))["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        loop.clip_gradients(model, cfg.train.get("grad_clip"))
+        st.clip_gradients(model, cfg.train.get("grad_clip"))
         optimizer.step()
         value = float(loss.detach())
         if not math.isfinite(value):

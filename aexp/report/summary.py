@@ -4,7 +4,8 @@ plus plots across the sweep: a chosen metric against each swept parameter, and t
 curves of all jobs (validation loss; colourisation accuracy-vs-bound when present).
 
 A job is `done` (finished all epochs), `incomplete` (no checkpoint, or fewer epochs than asked)
-or `failed` (a `FAILED` file, written when a multirun job raised a user error). No job is dropped."""
+or `failed` (a `FAILED` file, written when a multirun job raised a user error). No job is dropped.
+An Optuna search (hydra/sweeper=optuna) has its best trial found and named."""
 import argparse
 import json
 from pathlib import Path
@@ -12,9 +13,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from aexp.errors import AexpError
-from aexp.evaluate import flatten
-from aexp.jobs import describe_best
-from aexp.metrics import read_csv, write_csv
+from aexp.io import flatten, read_csv, write_csv
+from aexp.report import plots
 
 
 def job_dirs(sweep: Path) -> list[Path]:
@@ -75,7 +75,6 @@ def _number(v):
 def sweep_plots(table, swept, metric, out: Path) -> list[Path]:
     """The metric against each swept parameter, one line per setting of the other parameters
     (numeric parameters on a log axis when they span a decade)."""
-    from aexp import plots
     files = []
     for param in swept:
         others = [p for p in swept if p != param]
@@ -136,7 +135,6 @@ def summarize(sweep: Path, metric: str = "best_val_loss", out: Path | None = Non
     write_csv(out / "summary.csv", table)
     (out / "summary.md").write_text(markdown(table, columns) + (f"\n{optuna[1]}\n" if optuna else ""))
     files = [out / "summary.csv", out / "summary.md"]
-    from aexp import plots
     if curves:
         files.append(plots.curves(curves, out / "summary_val_loss_curves.png", "epoch", "validation loss",
                                   "validation loss of every job"))
@@ -175,6 +173,54 @@ def print_table(table: list[dict], metric: str) -> None:
         t.add_row(*[("" if r[c] is None else f"{r[c]:.5g}" if isinstance(r[c], float) else str(r[c]))
                     for c in keep], style=style.get(r["status"], ""))
     Console().print(t)
+
+
+def best_trial(sweep_dir: Path) -> tuple[Path | None, dict] | None:
+    """For an Optuna sweep folder: (the job folder of the best trial, optimization_results.yaml),
+    the folder found by matching the best parameters against each job's overrides (None when the
+    best trial ran in an earlier invocation of a continued search). None for other sweeps."""
+    sweep_dir = Path(sweep_dir)
+    results = sweep_dir / "optimization_results.yaml"
+    if not results.is_file():
+        return None
+    best = OmegaConf.to_container(OmegaConf.load(results))
+    for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        given = dict(o.split("=", 1) for o in OmegaConf.load(overrides) if "=" in o)
+        params = best.get("best_params") or {}
+        if params and all(k in given and _same(given[k], v) for k, v in params.items()):
+            return overrides.parent.parent, best
+    return None, best
+
+
+def describe_best(sweep_dir: Path) -> tuple[Path | None, str] | None:
+    """(the best trial's job folder, one line saying which trial won, with what parameters and
+    value of which objective) for an Optuna sweep folder; None for other sweeps."""
+    found = best_trial(sweep_dir)
+    if found is None or "best_value" not in found[1]:
+        return None   # not Optuna, or a multi-objective search (no single best trial)
+    folder, result = found
+    params = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in result.get("best_params", {}).items())
+    # What was optimised, from a job's own config: the best one's, else any in the folder.
+    job = folder or next((p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/hydra.yaml")), None)
+    metric, direction, study = "objective", "", ""
+    if job is not None:
+        goal = OmegaConf.load(job / ".hydra" / "config.yaml").get("objective") or {}
+        reduce = goal.get("reduce", "last")
+        metric = goal.get("metric", metric) + (f" ({reduce} over epochs)" if reduce != "last" else "")
+        sweeper = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.sweeper
+        direction, study = f", {sweeper.get('direction')}d", f" of study {sweeper.get('study_name')}"
+    where = f"job {folder.name}" if folder else "a trial run in an earlier invocation (not in this folder)"
+    value = result["best_value"]
+    value = f"{value:.5g}" if isinstance(value, float) else str(value)
+    return folder, f"Optuna best trial{study}: {where} · {params} · {metric} = {value}{direction}"
+
+
+def _same(text: str, value) -> bool:
+    try:
+        return float(text) == float(value)
+    except (TypeError, ValueError):
+        return text == str(value)
 
 
 def main(argv: list[str]) -> int:

@@ -29,7 +29,7 @@ def compose(overrides):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from aexp.paths import conf_dir
+    from aexp.build import conf_dir
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
@@ -51,8 +51,8 @@ def synthetic_mnist(root: Path, n_train=60000, n_test=10000) -> Path:
 
 def aexp_throughput(overrides, root, epochs, batch_size, device) -> dict:
     """Median training samples/s of aexp's own loop (train() itself, frames off)."""
-    from aexp.metrics import read_csv
-    from aexp.train import train
+    from aexp.io import read_csv
+    from aexp.run.train import train
     cfg = compose([*overrides, "dataset=mnist", f"dataset.root={root}", f"train.epochs={epochs}",
                    f"train.batch_size={batch_size}", "frames.enabled=false", "eval.enabled=false",
                    f"device={device}"])
@@ -70,7 +70,7 @@ def conventional_throughput(overrides, root, epochs, batch_size, device) -> dict
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from aexp.train import build, resolve_device
+    from aexp.build import build, resolve_device
     cfg = compose([*overrides, "dataset=mnist", f"dataset.root={root}"])
     dev = resolve_device(device)
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def dense_step_flops(model, batch) -> float:
 def dense_step_fraction(root, batch_size, device) -> dict:
     """FLOP/s of the dense AE's training step (resident batch, median of many steps) over peak."""
     from aexp.data import mnist
-    from aexp.train import build, resolve_device
+    from aexp.build import build, resolve_device
     cfg = compose(["model=mlp", "loss=bce"])
     dev = resolve_device(device)
     model = build(cfg.model, in_shape=(1, 28, 28), out_shape=(1, 28, 28)).to(dev)
@@ -143,8 +143,8 @@ def dense_step_fraction(root, batch_size, device) -> dict:
 
 def frame_overhead(root, device) -> dict:
     """Frame + metrics-row cost as a share of an epoch, for the default colours run and an MNIST MLP."""
-    from aexp.metrics import read_csv
-    from aexp.train import train
+    from aexp.io import read_csv
+    from aexp.run.train import train
     out = {}
     for name, overrides in {"colors linear": [], "mnist mlp": ["model=mlp", "loss=bce", "dataset=mnist",
                                                                  f"dataset.root={root}"]}.items():
@@ -159,8 +159,8 @@ def frame_overhead(root, device) -> dict:
 
 
 def render_per_frame(device) -> dict:
-    from aexp.render import render
-    from aexp.train import train
+    from aexp.report.render import render
+    from aexp.run.train import train
     cfg = compose(["train.epochs=30", "dataset.n_train=1000", "eval.enabled=false", f"device={device}"])
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, Path(tmp))
@@ -179,7 +179,7 @@ LAYOUT_MODELS = {  # bench name -> (model overrides, input shape): conv models f
 def layout_speedup(device, batch=128, steps=8) -> dict:
     """Training-step time of conv models with NCHW weights vs channels_last (NHWC), same
     weights and random data, the two layouts measured alternately in one process."""
-    from aexp.train import build
+    from aexp.build import build
     dev = torch.device(device)
     out = {}
     for name, (overrides, shape) in LAYOUT_MODELS.items():
@@ -219,7 +219,7 @@ def _sync(dev):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m aexp.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.splitlines()[0])
     ap.add_argument("--root", help="folder holding MNIST/raw (default: synthetic MNIST-shaped data)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (first is warm-up)")
     ap.add_argument("--batch-size", type=int, default=256)
@@ -230,8 +230,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from aexp.paths import conf_dir
-    from aexp.train import resolve_device
+    from aexp.build import conf_dir
+    from aexp.build import resolve_device
     device = str(resolve_device(args.device))
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.root) if args.root else synthetic_mnist(Path(tmp.name))

@@ -4,6 +4,7 @@ into and restored from a checkpoint: model, optimizer, scheduler, every RNG, the
 metrics rows, the best validation loss and the frame writer's axes, so that on the CPU an
 interrupted run finishes with exactly the weights and metrics of the run left alone."""
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from aexp import checkpoint
+from aexp.build import upgrade
 from aexp.errors import CheckpointError, ConfigError
 
 # Config keys a resumed run may change: where it continues from, how long it goes on, where.
@@ -83,8 +85,9 @@ def checkpoint_path(cfg, run_dir: Path) -> Path | None:
 
 
 def check_same_config(saved: dict, current: dict, source: Path) -> None:
-    """Exact resume needs the run's own config: refuse one that differs beyond MAY_CHANGE."""
-    a, b = _flat(saved), _flat(current)
+    """Exact resume needs the run's own config: refuse one that differs beyond MAY_CHANGE.
+    Targets that moved since the run was saved count as the same (`build.upgrade`)."""
+    a, b = _flat(upgrade(saved)), _flat(current)
     diff = [k for k in sorted(set(a) | set(b))
             if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(MAY_CHANGE)
             and not (k not in a and k in ADDED_LATER and ADDED_LATER[k][0](a, b[k]))]
@@ -156,19 +159,46 @@ def restore(state: dict, *, model, optimizer, scheduler, gen, frames) -> tuple:
         raise CheckpointError(f"checkpoint does not fit this run: {first}") from None
 
 
-def epoch_start(partial, data, gen: torch.Generator, device) -> tuple:
-    """(data order, first step, running sums, samples seen, batches skipped, generator state the
-    epoch was drawn from) for an epoch: fresh samples (datasets drawn per epoch) and a new order
-    from `gen`, or, for an epoch a signal stopped, the same samples redrawn and its saved progress."""
-    if partial is None:
-        drawn_from = gen.get_state()
-        data.new_epoch(gen)                 # fresh samples, for datasets drawn per epoch
-        perm = torch.randperm(len(data.train), generator=gen).to(device, non_blocking=True)
-        return perm, 0, {}, 0, 0, drawn_from
-    now = gen.get_state()
-    gen.set_state(partial["drawn_from"])
-    data.new_epoch(gen)
-    gen.set_state(now)
-    sums = {k: v.to(device) for k, v in partial["sums"].items()}
-    return (partial["perm"].to(device), partial["step"], sums, partial["seen"], partial["skipped"],
-            partial["drawn_from"])
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: its data order, the next step, the running sums of the loss terms
+    (on the device), samples seen, batches skipped, and the generator state its samples were
+    drawn from. The one owner of the mid-epoch state: a signal-stopped epoch is saved from it
+    into the checkpoint (`saved`) and continued from there (`begin`)."""
+    perm: torch.Tensor
+    drawn_from: torch.Tensor
+    step: int = 0
+    sums: dict = field(default_factory=dict)
+    seen: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def begin(cls, saved: dict | None, data, gen: torch.Generator, device) -> "EpochProgress":
+        """A new epoch: fresh samples (datasets drawn per epoch) and a new order from `gen`; or,
+        for an epoch a signal stopped (`saved`, from a checkpoint), the same samples redrawn and
+        its saved progress."""
+        if saved is None:
+            drawn_from = gen.get_state()
+            data.new_epoch(gen)                 # fresh samples, for datasets drawn per epoch
+            perm = torch.randperm(len(data.train), generator=gen).to(device, non_blocking=True)
+            return cls(perm, drawn_from)
+        now = gen.get_state()
+        gen.set_state(saved["drawn_from"])
+        data.new_epoch(gen)
+        gen.set_state(now)
+        return cls(saved["perm"].to(device), saved["drawn_from"], saved["step"],
+                   {k: v.to(device) for k, v in saved["sums"].items()}, saved["seen"],
+                   saved["skipped"])
+
+    def add(self, terms: dict, batch: int, shard: int) -> None:
+        """Count a trained batch: `batch` samples in all, `shard` of them on this process (the
+        sums are added over processes at the epoch's end). No host sync."""
+        self.seen += batch
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach() * shard
+
+    def saved(self, step: int) -> dict:
+        """The checkpoint form of this epoch stopped before `step`."""
+        return {"step": step, "perm": self.perm.cpu(), "seen": self.seen, "skipped": self.skipped,
+                "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+                "drawn_from": self.drawn_from}

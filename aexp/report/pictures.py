@@ -1,6 +1,6 @@
 """A run's pictures, in `RUN_DIR/pictures/`: image grids drawn with numpy + PIL (reconstructions,
 denoising, colourisation, samples, decoded latent plane, interpolations) and, through
-`aexp/plots.py`, the matplotlib figures (loss curves, latent scatter, W2·W1, accuracy curve).
+`report/plots.py`, the matplotlib figures (loss curves, latent scatter, W2·W1, accuracy curve).
 
 Images are shown the way the data is: grey or RGB images as themselves, colour vectors as
 swatches, colourisation predictions as RGB through the dataset's `to_rgb(L, ab)`."""
@@ -10,43 +10,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aexp import plots
-from aexp.evaluate import view_rgb
-from aexp.metrics import read_csv
-from aexp.render import write_video
+from aexp import draw
+from aexp.data.corruption import NoCorruption
+from aexp.io import read_csv
+from aexp.report import plots
+from aexp.report.render import write_video
 
 SWATCH = 24   # pixels per colour sample
 TILE = 64     # small images are enlarged (nearest) to at least this many pixels
 
 
-def as_images(t: torch.Tensor | None) -> np.ndarray | None:
-    """Values -> uint8 RGB tiles [N, H, W, 3]: [N, 1|3, H, W] images as themselves, [N, 3]
-    colours as swatches, other channel counts as the first channel in grey; None when the
-    values are not picturable."""
-    if t is None:
-        return None
-    t = t.detach().float().clamp(0, 1).cpu()
-    if t.dim() == 2 and t.shape[1] == 3:
-        t = t[:, :, None, None].expand(-1, -1, SWATCH, SWATCH)
-    if t.dim() != 4:
-        return None
-    if t.shape[1] != 3:
-        t = t[:, :1].repeat(1, 3, 1, 1)
-    return (t.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-
-
-def grid(tiles: np.ndarray, cols: int, pad: int = 2, gaps=()) -> np.ndarray:
-    """Tiles [N, H, W, 3] in rows of `cols` on a white background; an extra gap before the rows
-    listed in `gaps` groups rows visually."""
-    n, h, w, _ = tiles.shape
-    rows = -(-n // cols)
-    extra = [0] + [sum(2 * pad for g in gaps if g <= r) for r in range(1, rows)]
-    out = np.full((rows * (h + pad) + pad + extra[-1], cols * (w + pad) + pad, 3), 255, np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        y, x = pad + r * (h + pad) + extra[r], pad + c * (w + pad)
-        out[y:y + h, x:x + w] = tile
-    return out
+def as_images(t: torch.Tensor) -> np.ndarray:
+    """Values -> uint8 RGB tiles [N, H, W, 3]; colour vectors as SWATCH-pixel squares."""
+    return draw.tiles(t, swatch=SWATCH)
 
 
 def save(img: np.ndarray, path: Path, tile_h: int) -> Path:
@@ -67,18 +43,12 @@ def rows_over(tops: np.ndarray, *others: np.ndarray, cols: int = 12) -> np.ndarr
             chunk = a[g * cols:(g + 1) * cols]
             tiles += list(chunk) + [np.full_like(a[0], 255)] * (cols - len(chunk))
     k = 1 + len(others)
-    return grid(np.stack(tiles), cols, gaps=[r for r in range(k, groups * k, k)])
+    return draw.grid(np.stack(tiles), cols, gaps=[r for r in range(k, groups * k, k)])
 
 
 def pick(n_total: int, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=g)[:min(n, n_total)]
-
-
-@torch.no_grad()
-def decode(model, z: torch.Tensor, device, data) -> np.ndarray | None:
-    """Decoded codes as tiles."""
-    return as_images(view_rgb(data, None, model.decode(z.to(device)).float().cpu()))
 
 
 def fitted_samples(z: torch.Tensor, n: int, gen) -> torch.Tensor:
@@ -97,21 +67,22 @@ def fitted_samples(z: torch.Tensor, n: int, gen) -> torch.Tensor:
 def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
     """Draw every picture that fits this run; return the files written."""
     out = run.run_dir / "pictures"
-    data, model, dev = run.data, run.model, run.device
-    seed, task = int(ev.seed), getattr(data, "task", "reconstruct")
+    data, model = run.data, run.model
+    seed, task = int(ev.seed), data.task.name
     files = []
     idx = pick(len(pred["x"]), 48, seed)
     x, y, x_hat = pred["x"][idx], pred["y"][idx], pred["x_hat"][idx]
-    orig, recon = as_images(view_rgb(data, x, y)), as_images(view_rgb(data, x, x_hat))
+    orig, recon = as_images(data.to_rgb(x, y)), as_images(data.to_rgb(x, x_hat))
     if task == "colorize":
         files += colorization_pictures(out, data, x, y, x_hat, orig, recon)
-    elif orig is not None and recon is not None:
+    else:
         files.append(save(rows_over(orig, recon), out / "reconstruction.png", orig.shape[1]))
-        files += denoising(out, data, model, dev, seed)
+        files += denoising(out, data, model, seed)
     if task == "reconstruct":   # a colourisation decoder's a,b mean nothing without an L input
-        files += decoder_pictures(out, model, dev, data, pred, seed)
-    if hasattr(model, "weight_product"):
-        files.append(plots.heatmap(model.weight_product().detach().float().cpu().numpy(),
+        files += decoder_pictures(out, model, data, pred, seed)
+    product = model.weight_product()
+    if product is not None:
+        files.append(plots.heatmap(product.detach().float().cpu().numpy(),
                                    out / "weight_product.png", "W2·W1"))
     if (run.run_dir / "metrics.csv").is_file():
         files.append(plots.loss_curves(read_csv(run.run_dir / "metrics.csv"), out / "loss_curves.png"))
@@ -126,10 +97,9 @@ def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
 def colorization_pictures(out, data, x, y, x_hat, orig, recon) -> list[Path]:
     """Collage original | L | prediction, and the true vs predicted a,b channels."""
     files = []
-    lum = as_images(view_rgb(data, x, torch.full_like(y, 0.5)))   # a,b at 0.5 = no colour
-    if orig is not None and recon is not None and lum is not None:
-        files.append(save(rows_over(orig[:12], lum[:12], recon[:12]), out / "colorization.png",
-                          orig.shape[1]))
+    lum = as_images(data.to_rgb(x, torch.full_like(y, 0.5)))   # a,b at 0.5 = no colour
+    files.append(save(rows_over(orig[:12], lum[:12], recon[:12]), out / "colorization.png",
+                      orig.shape[1]))
     if y.dim() == 4 and y.shape[1] >= 2:
         chans = [as_images(t[:8, c:c + 1]) for t in (y, x_hat) for c in (0, 1)]
         files.append(save(rows_over(*chans, cols=8), out / "colorization_ab.png", chans[0].shape[1]))
@@ -137,65 +107,56 @@ def colorization_pictures(out, data, x, y, x_hat, orig, recon) -> list[Path]:
 
 
 @torch.no_grad()
-def denoising(out, data, model, dev, seed) -> list[Path]:
+def denoising(out, data, model, seed) -> list[Path]:
     """Original / corrupted / reconstructed, when the data corrupts its training inputs (the
     training batch's input differs from its target)."""
     split = data.test
     idx = pick(len(split), 12, seed).to(split.x.device)
     torch.manual_seed(seed)
     noisy, clean = data.batch(split, idx, train=True)
-    corruption = getattr(data, "corruption", None)
-    if corruption is not None:   # the dataset says whether it corrupts
-        from aexp.corruption import NoCorruption
-        corrupts = not isinstance(corruption, NoCorruption)
-    else:                        # else: does a training input differ from its target?
-        corrupts = noisy.shape == clean.shape and not torch.equal(noisy, clean)
-    if getattr(data, "task", "reconstruct") != "reconstruct" or not corrupts:
+    if data.task.name != "reconstruct" or isinstance(data.corruption, NoCorruption):
         return []
-    pipeline = getattr(data, "pipeline", None)   # inputs may be normalised: show them in [0, 1]
-    shown = pipeline.unnormalize(noisy) if pipeline is not None else noisy
-    tiles = [as_images(view_rgb(data, None, t)) for t in (clean, shown, model(noisy).x_hat)]
-    if any(t is None for t in tiles):
-        return []
+    shown = data.task.unnormalize(noisy)   # inputs may be normalised: show them in [0, 1]
+    tiles = [as_images(data.to_rgb(None, t)) for t in (clean, shown, model(noisy).x_hat)]
     return [save(rows_over(*tiles), out / "denoising.png", tiles[0].shape[1])]
 
 
-def decoder_pictures(out, model, dev, data, pred, seed) -> list[Path]:
+def decoder_pictures(out, model, data, pred, seed) -> list[Path]:
     """Samples (N(0, I) for a VAE, a Gaussian fitted to the codes otherwise), the decoded latent
     plane of a 2-D latent, and interpolations."""
     z, files = pred["z"], []
     gen = torch.Generator().manual_seed(seed)
     prior = "mu" in pred
     samples = torch.randn(64, *z.shape[1:], generator=gen) if prior else fitted_samples(z, 64, gen)
-    tiles = decode(model, samples, dev, data)
-    if tiles is not None:
-        files.append(save(grid(tiles, 8), out / "samples.png", tiles.shape[1]))
+    tiles = decode(model, samples, data)
+    files.append(save(draw.grid(tiles, 8), out / "samples.png", tiles.shape[1]))
     if z.dim() == 2 and z.shape[1] == 2:
-        files += latent_plane(out, model, dev, data, z)
-    return files + interpolations(out, model, dev, data, pred, seed)
+        files += latent_plane(out, model, data, z)
+    return files + interpolations(out, model, data, pred, seed)
 
 
-def latent_plane(out, model, dev, data, z) -> list[Path]:
+def decode(model, z: torch.Tensor, data) -> np.ndarray:
+    """Decoded codes as tiles (colours as swatches)."""
+    if data.kind == "colors":
+        return np.kron(draw.decoded(model, data, z), np.ones((SWATCH, SWATCH, 1), np.uint8))
+    return draw.decoded(model, data, z)
+
+
+def latent_plane(out, model, data, z) -> list[Path]:
     """The decoder over a grid spanning the codes (or a bounded latent's range)."""
-    rng = getattr(model, "latent_range", None)
-    if rng:
-        lo, hi = [torch.tensor([float(rng[0])] * 2), torch.tensor([float(rng[1])] * 2)]
+    if model.latent_range:
+        lo, hi = (torch.tensor([float(v)] * 2) for v in model.latent_range)
     else:
         lo, hi = torch.quantile(z, 0.01, dim=0), torch.quantile(z, 0.99, dim=0)
     n = 100 if data.kind == "colors" else 15
-    xs = torch.linspace(float(lo[0]), float(hi[0]), n)
-    ys = torch.linspace(float(hi[1]), float(lo[1]), n)
-    pts = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
-    tiles = decode(model, pts, dev, data)
-    if tiles is None:
-        return []
-    if data.kind == "colors":
-        tiles = tiles[:, :4, :4]
-    return [save(grid(tiles, n, pad=0 if data.kind == "colors" else 1), out / "latent_plane.png",
-                 TILE if data.kind == "colors" else tiles.shape[1])]
+    pts = draw.plane_points((float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])), n)
+    tiles = draw.decoded(model, data, pts)   # colours: one pixel per cell, enlarged when saved
+    pad = 0 if data.kind == "colors" else 1
+    return [save(draw.grid(tiles, n, pad=pad), out / "latent_plane.png",
+                 16 if data.kind == "colors" else tiles.shape[1])]
 
 
-def interpolations(out, model, dev, data, pred, seed) -> list[Path]:
+def interpolations(out, model, data, pred, seed) -> list[Path]:
     """A mosaic over origin + u·(A − origin) + v·(B − origin), and a GIF of 8 pairs morphing
     from one code to the other and back."""
     z, labels = pred["z"], pred["labels"]
@@ -210,9 +171,8 @@ def interpolations(out, model, dev, data, pred, seed) -> list[Path]:
     o, a, b = (z[int(i)] for i in anchors)
     ts = torch.linspace(0, 1, 9)
     mosaic = torch.stack([o + u * (a - o) + v * (b - o) for v in ts for u in ts])
-    tiles = decode(model, mosaic, dev, data)
-    if tiles is not None:
-        files.append(save(grid(tiles, 9), out / "interpolation_mosaic.png", tiles.shape[1]))
+    tiles = decode(model, mosaic, data)
+    files.append(save(draw.grid(tiles, 9), out / "interpolation_mosaic.png", tiles.shape[1]))
     pairs = pick(len(z), 16, seed + 2)
     src, dst = z[pairs[:8]], z[pairs[8:16]]
     if len(dst) == 0:
@@ -221,10 +181,8 @@ def interpolations(out, model, dev, data, pred, seed) -> list[Path]:
     steps = torch.cat([torch.linspace(0, 1, 16), torch.linspace(1, 0, 16)[1:-1]])
     frames = []
     for t in steps:
-        tiles = decode(model, src + t * (dst - src), dev, data)
-        if tiles is None:
-            return files
-        frames.append(grid(tiles, len(tiles)))
+        tiles = decode(model, src + t * (dst - src), data)
+        frames.append(draw.grid(tiles, len(tiles)))
     k = max(1, -(-TILE // tiles.shape[1]))
     frames = [np.kron(f, np.ones((k, k, 1), np.uint8)) for f in frames]
     files.append(write_video(out / "interpolation.gif", frames, fps=12, gif=True))

@@ -2,7 +2,7 @@
 embedded, plain JS and canvas, no network) to click around a run's latent space.
 
 What the page gets from here: the test-set latents of a checkpoint in 2-D (raw, PCA or t-SNE;
-see `aexp.projection`) with each sample's class, index, input, target and reconstruction as PNG
+see `aexp.draw`) with each sample's class, index, input, target and reconstruction as PNG
 sprites; the decoder's output over a grid of the visible plane (back-projected to latent space);
 and the probe latents the training run recorded every frame epoch (`frames/latents_XXXX.npy`),
 for the epoch slider. `--serve` serves the page on 127.0.0.1 for runs too large to pass around.
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from aexp import draw
+from aexp.build import load_run
 from aexp.errors import AexpError, ConfigError
-from aexp.frames import PALETTE
-from aexp.projection import PCA, Raw, choose
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +46,6 @@ def main(argv: list[str]) -> int:
     if args.points < 1 or args.max_mb <= 0 or args.grid < 0 or args.max_epochs < 1:
         raise ConfigError("--points, --max-mb and --max-epochs must be positive, --grid not negative")
 
-    from aexp.runs import load_run
     run = load_run(args.run_dir, which=args.checkpoint, device=args.device)
     payload = build_payload(run, args)
     out = Path(args.out) if args.out else run.run_dir / "explorer.html"
@@ -59,7 +58,7 @@ def main(argv: list[str]) -> int:
 
 
 def render_page(payload: dict) -> str:
-    template = resources.files("aexp").joinpath("explorer_template.html").read_text(encoding="utf-8")
+    template = resources.files("aexp.report").joinpath("explorer_template.html").read_text(encoding="utf-8")
     blob = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")  # no early </script>
     return template.replace("/*__AEXP_DATA__*/null", blob)
 
@@ -76,7 +75,7 @@ def build_payload(run, args) -> dict:
     if len(order) < 2:
         raise AexpError(f"the test split has {len(order)} sample(s); the explorer needs at least 2")
 
-    proj = choose(args.projection, test["z"].shape[1], seed=args.seed)
+    proj = draw.choose(args.projection, test["z"].shape[1], seed=args.seed)
     plane = proj.fit(test["z"].astype(np.float64))
     final = view(f"checkpoint (epoch {run.state.get('epoch', '?')}) · test set", "test", plane,
                  run.state.get("epoch"), proj.label)
@@ -105,37 +104,14 @@ def encode_split(run, split, order: np.ndarray, batch: int = 1024) -> dict:
         x, y = run.data.batch(split, idx)
         out = run.model(x)
         parts["z"].append(run.model.encode(x).float().cpu().numpy())
-        parts["input"].append(to_rgb(run.data, x, x, "input"))
-        parts["target"].append(to_rgb(run.data, x, y, "target"))
-        parts["recon"].append(to_rgb(run.data, x, out.x_hat, "output"))
+        parts["input"].append(draw.tiles(run.data.task.unnormalize(x)))   # what the model sees
+        parts["target"].append(draw.tiles(run.data.to_rgb(x, y)))
+        parts["recon"].append(draw.tiles(run.data.to_rgb(x, out.x_hat)))
     enc = {k: np.concatenate(v) for k, v in parts.items()}
     # 64 levels per channel (off by at most 2/255, invisible): smooth reconstructions' PNGs
     # shrink by a third, so a 10,000-sample MNIST test set fits the default budget whole.
     enc["recon"] = np.minimum((enc["recon"] & 0xFC) + 2, 255).astype(np.uint8)
     return enc
-
-
-def to_rgb(data, x, t, role: str) -> np.ndarray:
-    """uint8 [N, H, W, 3] pictures of model tensors. Data that knows how to show itself provides
-    `to_rgb(input, target_or_prediction)` (colour encodings, colourisation's L + predicted ab);
-    decoded latents have no input, so colourisation gets a mid-grey L. Without it, 1 or 3
-    channel images are shown as they are, vectors of 3 as one colour, others as a grey strip."""
-    own = getattr(data, "to_rgb", None)
-    pipeline = getattr(data, "pipeline", None)
-    if role == "input":    # what the model sees (L for colourisation), unnormalised
-        t = pipeline.unnormalize(x) if hasattr(pipeline, "unnormalize") else x
-    elif own is not None:
-        if x is None:
-            x = torch.full((len(t), *data.in_shape), 0.5, device=t.device)
-            x = pipeline.normalize(x) if hasattr(pipeline, "normalize") else x
-        t = own(x, t)
-    t = t.detach().float().clamp(0, 1).cpu()
-    if t.dim() == 2:  # vectors: [N, 3] colours become 1x1 pictures, other sizes a grey strip
-        t = t[:, :, None, None] if t.shape[1] == 3 else t[:, None, None, :]
-    if t.shape[1] == 2:  # two channels without a known meaning: show both in red / green
-        t = torch.cat([t, torch.zeros_like(t[:, :1])], 1)
-    t = t[:, :3] if t.shape[1] >= 3 else t.expand(-1, 3, -1, -1)
-    return (t.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def sprite(images: np.ndarray) -> dict:
@@ -168,7 +144,7 @@ def fit_budget(order, enc, max_mb: float):
 def pack_samples(data, order, enc, split=None) -> dict:
     split = data.test if split is None else split
     labels = None if split.y is None else split.y[torch.as_tensor(order, device=split.y.device)]
-    same_input = getattr(data, "task", "reconstruct") == "reconstruct"   # input == target
+    same_input = data.task.name == "reconstruct"   # input == target
     return {
         "index": order.tolist(),
         "label": None if labels is None else labels.cpu().tolist(),
@@ -184,8 +160,8 @@ def point_colors(data, target, labels) -> np.ndarray:
     if data.kind == "colors":
         return target.reshape(len(target), -1, 3).mean(1).astype(np.uint8)
     if labels is None:
-        return np.tile(PALETTE[0], (len(target), 1))
-    return PALETTE[labels.cpu().numpy() % len(PALETTE)]
+        return np.tile(draw.PALETTE[0], (len(target), 1))
+    return draw.PALETTE[labels.cpu().numpy() % len(draw.PALETTE)]
 
 
 def b64(a: np.ndarray) -> str:
@@ -209,15 +185,8 @@ def view(name, samples, plane, epoch, axis_label) -> dict:
 def decoded_grid(run, proj, bounds, n: int) -> dict:
     """The decoder at the centres of an n x n grid over the checkpoint view's visible plane
     (row 0 at the top); plane points are mapped back to latent space by the projection."""
-    x0, x1, y0, y1 = bounds
-    xs = x0 + (np.arange(n) + 0.5) * (x1 - x0) / n
-    ys = y1 - (np.arange(n) + 0.5) * (y1 - y0) / n
-    plane = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
-    z = proj.inverse(plane)
-    dev = next(run.model.parameters()).device
-    zt = torch.as_tensor(z, dtype=torch.float32, device=dev)
-    out = torch.cat([run.model.decode(zt[i:i + 1024]) for i in range(0, len(zt), 1024)])
-    images = to_rgb(run.data, None, out, "decoded")
+    z = proj.inverse(draw.plane_points(bounds, n))
+    images = draw.decoded(run.model, run.data, z)
     return {"n": n, "bounds": list(bounds), "z": np.round(z, 6).tolist(), "tiles": sprite(images)}
 
 
@@ -233,15 +202,15 @@ def recorded_epochs(run, proj, max_epochs: int):
     index = probe["index"]
     if len(files) > max_epochs:
         files = [files[i] for i in np.linspace(0, len(files) - 1, max_epochs).round().astype(int)]
-    views, ref = [], proj if isinstance(proj, PCA) else None
+    views, ref = [], proj if isinstance(proj, draw.PCA) else None
     for f in files:
         z = np.load(f).astype(np.float64)
         if len(z) != len(index):
             continue  # recorded with another probe size (e.g. before a resume with new settings)
-        if isinstance(proj, Raw):
+        if isinstance(proj, draw.Raw):
             plane, label = proj.transform(z), proj.label
         else:
-            ref = PCA(ref)
+            ref = draw.PCA(ref)
             plane, label = ref.fit(z), "PCA"
         epoch = int(f.stem.split("_")[1])
         views.append(view(f"epoch {epoch} · validation probe", "probe", plane, epoch, label))

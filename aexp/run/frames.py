@@ -4,7 +4,8 @@ would cost more than a small model's epoch).
 A frame shows the latents of a fixed probe set from the validation data, coloured by class
 (or by the sample's own colour for the colours dataset), on axes that stay put between epochs.
 For a 2-D latent it also shows the decoder's output over a grid of latent points.
-Latents of more than two dimensions are projected on a PCA basis fitted once, at epoch 0.
+Latents of more than two dimensions are projected on a PCA basis fitted once, at epoch 0
+(`aexp.draw`'s projection, the one the pictures and the explorer use).
 Each frame's raw probe latents are also kept (`latents_XXXX.npy`, float16; the probe's
 validation indices and labels once in `probe.npz`) for `aexp explore`'s epoch slider.
 """
@@ -15,14 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from aexp.checkpoint import atomic_write
-
-
-# matplotlib's tab10, so frames match the plots made with matplotlib.
-PALETTE = np.array([
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-], dtype=np.uint8)
+from aexp import draw
+from aexp.io import atomic_write
 
 MARGIN = 28  # pixels around each panel, room for the tick labels
 
@@ -39,26 +34,26 @@ class FrameWriter:
         self.x, target = data.batch(data.val, idx)
         self.probe = {"index": idx.cpu().numpy(),
                       "label": None if data.val.y is None else data.val.y[idx].cpu().numpy()}
-        self.kind, self.task, self.decode = data.kind, data.task, data.decode
+        self.data = data
         if data.kind == "colors":   # a colour's own RGB, whatever encoding the model sees
-            self.colors = (data.to_rgb(self.x, target).cpu().numpy() * 255).astype(np.uint8)
+            self.colors = draw.tiles(data.to_rgb(self.x, target))[:, 0, 0]
         elif data.val.y is not None:
-            self.colors = PALETTE[data.val.y[idx].cpu().numpy() % len(PALETTE)]
+            self.colors = draw.PALETTE[data.val.y[idx].cpu().numpy() % len(draw.PALETTE)]
         else:
-            self.colors = np.tile(PALETTE[0], (len(idx), 1))
-        self.basis = None    # PCA (mean, components) for latents of more than 2 dimensions
-        self.limits = None   # ((x0, x1), (y0, y1)) in plotted coordinates
+            self.colors = np.tile(draw.PALETTE[0], (len(idx), 1))
+        self.projection = None   # chosen at the first frame: raw (2-D) or a PCA fitted then
+        self.limits = None       # ((x0, x1), (y0, y1)) in plotted coordinates
 
     @torch.no_grad()
     def write(self, model, epoch: int) -> Path:
         was_training = model.training
         model.eval()
         z = model.encode(self.x).float()
-        p = self._project(z)
-        self._update_limits(p, getattr(model, "latent_range", None))
-        panels = [self._scatter(p.cpu().numpy())]
-        if z.shape[1] == 2 and self.task == "reconstruct":   # other tasks decode no whole sample
-            panels.append(self._decoded_plane(model, z.device))
+        p = self._project(z.cpu().numpy())
+        self._update_limits(p, model.latent_range)
+        panels = [self._scatter(p)]
+        if z.shape[1] == 2 and self.data.task.name == "reconstruct":   # others decode no sample
+            panels.append(self._decoded_plane(model))
         model.train(was_training)
         frame = np.full((self.size + 2 * MARGIN, len(panels) * (self.size + 2 * MARGIN), 3),
                         255, np.uint8)
@@ -83,32 +78,32 @@ class FrameWriter:
     def state(self) -> dict:
         """What later frames depend on (PCA basis, axes), saved in checkpoints so a resumed run
         draws the frames the uninterrupted run would have."""
-        basis = None if self.basis is None else [t.cpu() for t in self.basis]
+        # the PCA basis as (mean [1, D], components [D, 2]) tensors: weights_only loads them
+        pca = self.projection if isinstance(self.projection, draw.PCA) else None
+        basis = None if pca is None else [torch.from_numpy(pca.mean[None]).float(),
+                                          torch.from_numpy(pca.components.T).float()]
         return {"basis": basis, "limits": self.limits}
 
     def load_state(self, state: dict) -> None:
         basis = state["basis"]
-        self.basis = None if basis is None else tuple(t.to(self.x.device) for t in basis)
+        self.projection = None if basis is None else draw.PCA.of(basis[0][0].double().numpy(),
+                                                                  basis[1].T.double().numpy())
         self.limits = None if state["limits"] is None else tuple(map(tuple, state["limits"]))
 
-    def _project(self, z):
-        if z.shape[1] <= 2:
-            return z if z.shape[1] == 2 else torch.cat([z, torch.zeros_like(z)], 1)
-        if self.basis is None:
-            mean = z.mean(0, keepdim=True)
-            _, _, v = torch.linalg.svd(z - mean, full_matrices=False)
-            self.basis = (mean, v[:2].T)
-        mean, comps = self.basis
-        return (z - mean) @ comps
+    def _project(self, z: np.ndarray) -> np.ndarray:
+        if self.projection is None:   # fitted once: later frames share the first frame's axes
+            self.projection = draw.choose("auto", z.shape[1])
+            return self.projection.fit(z)
+        return self.projection.transform(z)
 
     def _update_limits(self, p, latent_range):
         """Bounded latents use their range. Unbounded ones use a symmetric box whose half-width
         is a power of two that only grows, so the axes change rarely and never shrink."""
-        if latent_range is not None and p is not None and self.basis is None:
+        if latent_range is not None and isinstance(self.projection, draw.Raw):
             lo, hi = latent_range
             self.limits = ((lo, hi), (lo, hi))
             return
-        spread = float(torch.quantile(p.abs().flatten(), 0.995)) if len(p) else 1.0
+        spread = float(np.quantile(np.abs(p), 0.995)) if len(p) else 1.0
         half = 2.0 ** math.ceil(math.log2(max(spread, 1e-3) * 1.05))
         if self.limits is not None:
             half = max(half, self.limits[0][1])
@@ -132,27 +127,13 @@ class FrameWriter:
         canvas[:, [0, -1]] = 160
         return canvas
 
-    def _decoded_plane(self, model, device) -> np.ndarray:
-        """The decoder's output over a grid of latent points spanning the axes."""
+    def _decoded_plane(self, model) -> np.ndarray:
+        """The decoder's output over a grid of latent points spanning the axes: one colour per
+        cell for colour data, else a mosaic of decoded images."""
         (x0, x1), (y0, y1) = self.limits
-        if self.kind == "colors":   # one decoded colour per pixel cell
-            n = 100
-            xs, ys = torch.linspace(x0, x1, n), torch.linspace(y1, y0, n)
-            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
-            rgb = self.decode(model.decode(grid.to(device)).float()).clamp(0, 1).reshape(n, n, 3)
-            img = (rgb.cpu().numpy() * 255).astype(np.uint8)
-        else:                       # a mosaic of decoded images
-            n = self.grid
-            step_x, step_y = (x1 - x0) / n, (y1 - y0) / n
-            xs = torch.tensor([x0 + step_x * (i + 0.5) for i in range(n)])
-            ys = torch.tensor([y1 - step_y * (i + 0.5) for i in range(n)])
-            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
-            out = model.decode(grid.to(device)).float().clamp(0, 1).cpu()
-            out = out.view(n, n, *out.shape[1:]) if out.dim() == 4 else out.view(n, n, 1, 1, -1)
-            c, h, w = out.shape[2:]
-            tiles = out.permute(0, 3, 1, 4, 2).reshape(n * h, n * w, c).numpy()
-            tiles = np.repeat(tiles, 3, axis=2) if c == 1 else tiles[..., :3]
-            img = (tiles * 255).astype(np.uint8)
+        n = 100 if self.data.kind == "colors" else self.grid
+        img = draw.grid(draw.decoded(model, self.data, draw.plane_points((x0, x1, y0, y1), n)),
+                        n, pad=0)
         return np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.NEAREST))
 
     def _annotate(self, draw, epoch, n_panels, latent_dim):

@@ -1,25 +1,26 @@
 """`aexp eval RUN_DIR`: test-set numbers people can compare, written to `RUN_DIR/eval.json` and
-printed as a table, plus the run's pictures (see `aexp/pictures.py`). Also run at the end of
-training when `eval.enabled` is true.
+printed as a table, plus the run's pictures (see `report/pictures.py`). Also run by the job
+after training when `eval.enabled` is true (aexp.jobs).
 
-What is measured depends on what the run is (duck-typed, so new datasets and models join in):
+What is measured depends on what the run is:
 - every run: MSE, MAE, PSNR (and SSIM for images) of prediction against target, latent spread,
   parameter count, training time;
 - a VAE (its output extras carry `mu` and `logvar`): ELBO and importance-sampled NLL;
-- colourisation (`data.task == "colorize"`): accuracy of a,b within bounds and the curve;
+- colourisation (`data.task.name == "colorize"`): accuracy of a,b within bounds and the curve;
 - labelled images: a cached small CNN's accuracy on the originals and on the predictions."""
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from aexp import classifier, measures
-from aexp.checkpoint import atomic_write
-from aexp.errors import AexpError, ConfigError
-from aexp.metrics import read_csv
+from aexp.build import conf_dir, load_run
+from aexp.io import atomic_write, flatten, read_csv
+from aexp.report import classifier, measures
+from aexp.report.pictures import make_all
 
 CURVE_BOUNDS = [round(0.005 * i, 3) for i in range(51)]   # 0 .. 0.25, the accuracy-vs-bound curve
 
@@ -27,23 +28,9 @@ CURVE_BOUNDS = [round(0.005 * i, 3) for i in range(51)]   # 0 .. 0.25, the accur
 def settings(cfg=None, **overrides):
     """The `eval:` section: conf/config.yaml's defaults, then the run's own, then overrides (a run
     trained before a setting existed still evaluates)."""
-    from aexp.paths import conf_dir
     base = OmegaConf.load(conf_dir() / "config.yaml").get("eval", {})
     own = (cfg.get("eval") if cfg is not None else None) or {}
     return OmegaConf.merge(base, own, {k: v for k, v in overrides.items() if v is not None})
-
-
-def view_rgb(data, inputs, values):
-    """What a person (or the classifier) looks at, as RGB in [0, 1] through the dataset's
-    `to_rgb(input, values)`: the decoded reconstruction, or for colourisation the image made
-    from the L input and a,b values. `inputs` may be None for decoder outputs of a
-    reconstruction (its picture does not depend on the input). Datasets without `to_rgb` show
-    the values themselves (colourisation: nothing)."""
-    colorize = getattr(data, "task", "reconstruct") == "colorize"
-    to_rgb = getattr(data, "to_rgb", None)
-    if to_rgb is None or (colorize and inputs is None):
-        return None if colorize else values
-    return to_rgb(values if inputs is None else inputs, values)
 
 
 @torch.no_grad()
@@ -99,8 +86,8 @@ def vae_likelihood(model, data, ev, device) -> dict:
         s = float(ev.gaussian_sigma)
         log_px = lambda x, z: measures.gaussian_log_prob(
             x.flatten(1), model.decode(z).flatten(1), torch.full_like(x.flatten(1), 2 * math.log(s)))
-    else:
-        raise ConfigError(f"eval.likelihood must be bernoulli or gaussian, got '{ev.likelihood}'")
+    else:   # build.check_config allows only the two
+        raise AssertionError(ev.likelihood)
     nll, elbo = [], []
     for i in range(0, n, int(ev.nll_batch)):
         _, y = data.batch(data.test, torch.arange(i, min(i + int(ev.nll_batch), n), device=device))
@@ -122,14 +109,14 @@ def classifier_accuracy(run, pred, ev, log) -> dict | None:
     data = run.data
     if data.kind != "image" or data.train.y is None or data.test.y is None or not data.num_classes:
         return None
-    test_orig = view_rgb(data, pred["x"], pred["y"])
-    test_pred = view_rgb(data, pred["x"], pred["x_hat"].clamp(0, 1))
-    if test_orig is None or test_orig.dim() != 4:
+    test_orig = data.to_rgb(pred["x"], pred["y"])
+    test_pred = data.to_rgb(pred["x"], pred["x_hat"].clamp(0, 1))
+    if test_orig.dim() != 4:
         return None
     x_tr, y_tr = data.batch(data.train)
-    train_view = view_rgb(data, x_tr, y_tr).float()
+    train_view = data.to_rgb(x_tr, y_tr).float()
     ds_cfg = OmegaConf.to_container(run.cfg.dataset, resolve=True)
-    view = getattr(data, "task", "reconstruct")
+    view = data.task.name
     model, path, cached = classifier.get(ds_cfg, view, train_view, data.train.y.long(),
                                          data.num_classes, ev.classifier.cache_dir,
                                          int(ev.classifier.epochs), int(ev.seed), log)
@@ -155,11 +142,10 @@ def latent_stats(pred: dict) -> dict:
 
 
 def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
-    """Every number for a loaded run (see `aexp.runs.load_run`); writes eval.json and pictures."""
-    import time
+    """Every number for a loaded run (see `aexp.build.load_run`); writes eval.json and pictures."""
     t0 = time.perf_counter()
     data, model = run.data, run.model
-    task = getattr(data, "task", "reconstruct")
+    task = data.task.name
     pred = predict(model, data, data.test, int(ev.batch_size))
     rows = read_csv(run.run_dir / "metrics.csv") if (run.run_dir / "metrics.csv").is_file() else []
     report = {
@@ -179,24 +165,12 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
         if acc:
             report["classifier"] = acc
     if pictures:
-        from aexp import pictures as pics
-        report["pictures"] = [str(p.relative_to(run.run_dir)) for p in pics.make_all(run, pred, report, ev)]
+        report["pictures"] = [str(p.relative_to(run.run_dir))
+                              for p in make_all(run, pred, report, ev)]
     report["eval_seconds"] = round(time.perf_counter() - t0, 3)
     path = run.run_dir / "eval.json"
     atomic_write(path, lambda f: f.write(json.dumps(report, indent=2).encode()))
     return report
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested report -> {'reconstruction.psnr': ..}, scalars only (lists are left out)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif not isinstance(v, list):
-            out[key] = v
-    return out
 
 
 def print_table(report: dict) -> None:
@@ -212,24 +186,6 @@ def print_table(report: dict) -> None:
     Console().print(table)
 
 
-def after_training(cfg, run_dir) -> None:
-    """Called at the end of `train`: evaluate the run when `eval.enabled`. A failure of the
-    evaluation is reported but does not undo the training."""
-    ev = settings(cfg)
-    if not ev.enabled:
-        return
-    from aexp.runs import load_run
-    from aexp.train import console
-    try:
-        run = load_run(run_dir, which=str(ev.checkpoint), device=str(cfg.device))
-        report = evaluate(run, ev, log=console.log, pictures=bool(ev.pictures))
-    except AexpError as e:
-        console.print(f"[yellow]aexp: warning: evaluation failed: {e}[/]")
-        return
-    console.print(f"[bold]eval[/] {len(report.get('pictures', []))} pictures and eval.json in {run_dir} "
-                  f"({report['eval_seconds']:.1f}s)")
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="aexp eval", description="Evaluate a run on its test split: "
                                  "eval.json, a table, and pictures in RUN_DIR/pictures/.")
@@ -241,7 +197,6 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-pictures", action="store_true", help="numbers only")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
     args = ap.parse_args(argv)
-    from aexp.runs import load_run
     run = load_run(args.run_dir, which=args.checkpoint or str(settings().checkpoint),
                    device=args.device)
     ev = settings(run.cfg, checkpoint=args.checkpoint, nll_samples=args.nll_samples,

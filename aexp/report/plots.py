@@ -3,17 +3,24 @@ latent scatters (raw 2-D, PCA, t-SNE). Headless (Agg); every function saves a PN
 its path."""
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from aexp import draw  # frames and plots share class colours and projections
+from aexp.errors import ConfigError
 
-from aexp.frames import PALETTE  # noqa: E402  (frames and plots share class colours)
+
+def _pyplot():
+    """matplotlib's pyplot, headless (Agg), imported on first use: it takes about half a second,
+    which `aexp train` and `aexp eval --no-pictures` need not pay."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -24,6 +31,7 @@ def _save(fig, path: Path) -> Path:
 def loss_curves(rows: list[dict], path: Path) -> Path:
     """One panel per logged term (loss first), train and validation against epoch."""
     terms = ["loss"] + sorted({k[4:] for r in rows for k in r if k.startswith("val_") and k != "val_loss"})
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
     epochs = [r["epoch"] for r in rows]
     for ax, term in zip(axes[0], terms):
@@ -44,6 +52,7 @@ def curves(series: list[tuple], path: Path, xlabel: str, ylabel: str, title: str
            xticklabels=None, logx: bool = False) -> Path:
     """Overlaid curves: `series` is [(label, xs, ys), ...]; `xticklabels` names the positions
     0, 1, ... of categorical x values."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, xs, ys in series:
         ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=str(label))
@@ -65,6 +74,7 @@ def curves(series: list[tuple], path: Path, xlabel: str, ylabel: str, title: str
 def heatmap(matrix: np.ndarray, path: Path, title: str) -> Path:
     """A matrix on a symmetric diverging scale (the identity shows as a red diagonal)."""
     lim = float(np.abs(matrix).max()) or 1.0
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.8))
     im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     fig.colorbar(im, ax=ax)
@@ -73,6 +83,7 @@ def heatmap(matrix: np.ndarray, path: Path, title: str) -> Path:
 
 
 def _scatter(p: np.ndarray, colors, labels, classes, path: Path, title: str) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     if labels is None:
         ax.scatter(p[:, 0], p[:, 1], c=colors, s=4, linewidths=0)
@@ -80,7 +91,7 @@ def _scatter(p: np.ndarray, colors, labels, classes, path: Path, title: str) -> 
         for c in np.unique(labels):
             m = labels == c
             name = classes[c] if c < len(classes) else str(c)
-            ax.scatter(p[m, 0], p[m, 1], color=PALETTE[c % len(PALETTE)] / 255, s=4, linewidths=0,
+            ax.scatter(p[m, 0], p[m, 1], color=draw.PALETTE[c % len(draw.PALETTE)] / 255, s=4, linewidths=0,
                        label=name)
         ax.legend(markerscale=3, fontsize=7, loc="best")
     ax.set_title(title)
@@ -92,30 +103,23 @@ def latent_scatters(pred: dict, data, out: Path, seed: int, tsne: bool, tsne_poi
     latent when it is 1-D or 2-D, else PCA and (optionally) t-SNE of a subsample."""
     z = pred["z"].flatten(1).numpy()
     labels = pred["labels"].numpy() if pred["labels"] is not None else None
-    from aexp.evaluate import view_rgb
-    rgb = view_rgb(data, pred["x"], pred["y"]) if data.kind == "colors" else None
-    colors = rgb.clamp(0, 1).numpy() if rgb is not None and rgb.dim() == 2 else "tab:blue"
-    if labels is not None and data.kind == "colors":
-        labels = None
-    classes = list(getattr(data, "classes", []) or [])
-    if z.shape[1] <= 2:
-        p = z if z.shape[1] == 2 else np.concatenate([z, np.zeros_like(z)], 1)
+    colors = "tab:blue"
+    if data.kind == "colors":   # each point in its own colour, no class legend
+        colors, labels = data.to_rgb(pred["x"], pred["y"]).clamp(0, 1).numpy(), None
+    classes = list(data.classes or [])
+    projection = draw.choose("auto", z.shape[1], seed)
+    p = projection.fit(z)
+    if isinstance(projection, draw.Raw):
         return [_scatter(p, colors, labels, classes, out / "latent_scatter.png", "latent (test set)")]
-    centred = z - z.mean(0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    share = (s[:2] ** 2).sum() / max((s ** 2).sum(), 1e-12)
-    files = [_scatter(centred @ vt[:2].T, colors, labels, classes, out / "latent_pca.png",
-                      f"PCA of {z.shape[1]}-d latent ({share:.0%} of variance)")]
-    if tsne:
+    files = [_scatter(p, colors, labels, classes, out / "latent_pca.png",
+                      f"PCA of {z.shape[1]}-d latent ({projection.explained:.0%} of variance)")]
+    idx = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:tsne_points].numpy()
+    if tsne and len(idx) > 5:
         try:
-            from sklearn.manifold import TSNE
-        except ImportError:
+            p = draw.TSNE(seed).fit(z[idx])
+        except ConfigError:
             return files   # t-SNE is optional: scikit-learn is not installed
-        idx = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:tsne_points].numpy()
-        if len(idx) > 5:
-            p = TSNE(2, perplexity=min(30.0, (len(idx) - 1) / 3), init="pca",
-                     random_state=seed).fit_transform(z[idx])
-            files.append(_scatter(p, colors if isinstance(colors, str) else colors[idx],
-                                  None if labels is None else labels[idx], classes,
-                                  out / "latent_tsne.png", f"t-SNE of {len(idx)} test codes"))
+        files.append(_scatter(p, colors if isinstance(colors, str) else colors[idx],
+                              None if labels is None else labels[idx], classes,
+                              out / "latent_tsne.png", f"t-SNE of {len(idx)} test codes"))
     return files

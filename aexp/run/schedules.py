@@ -1,24 +1,25 @@
 """Learning-rate schedules that need the run's length. Epoch schedules (StepLR, plateau...) are
 torch classes named directly in `conf/schedule/`; the ones here are stepped after every batch
-(`per_batch = True`) and receive `total_steps` (the run's optimiser steps) when built, because
-that number depends on the dataset size, batch size, epochs or `train.max_steps`."""
-import inspect
-
+(they derive from `PerBatch`) and receive `total_steps` (the run's optimiser steps) when built
+(`aexp.build.build_schedule`), because that number depends on the dataset size, batch size,
+epochs or `train.max_steps`."""
 from torch.optim import lr_scheduler
 
 
-class Cosine(lr_scheduler.CosineAnnealingLR):
+class PerBatch:
+    """Marks a schedule stepped after every batch (torch's own are stepped once per epoch)."""
+
+
+class Cosine(PerBatch, lr_scheduler.CosineAnnealingLR):
     """Cosine decay from the optimiser's lr to `eta_min` over the whole run, per batch."""
-    per_batch = True
 
     def __init__(self, optimizer, total_steps: int, eta_min: float = 0.0):
         super().__init__(optimizer, T_max=max(1, total_steps), eta_min=eta_min)
 
 
-class OneCycle(lr_scheduler.OneCycleLR):
+class OneCycle(PerBatch, lr_scheduler.OneCycleLR):
     """One-cycle policy (Smith 2018): warm up to `max_lr` over `pct_start` of the run, then anneal
     (cosine) to max_lr / (div_factor * final_div_factor); momentum cycles inversely. Per batch."""
-    per_batch = True
 
     def __init__(self, optimizer, total_steps: int, max_lr: float = 1e-2, pct_start: float = 0.3,
                  div_factor: float = 25.0, final_div_factor: float = 1e4):
@@ -27,16 +28,5 @@ class OneCycle(lr_scheduler.OneCycleLR):
                          final_div_factor=final_div_factor)
 
 
-def build_schedule(node, optimizer, total_steps: int):
-    """Instantiate `cfg.schedule`, passing `total_steps` to targets that take it."""
-    from hydra.utils import get_class
-
-    from aexp.train import build
-    target = get_class(node["_target_"])
-    takes_steps = "total_steps" in inspect.signature(target.__init__).parameters
-    extra = {"total_steps": total_steps} if takes_steps and "total_steps" not in node else {}
-    return build(node, optimizer=optimizer, **extra)
-
-
 def per_batch(scheduler) -> bool:
-    return getattr(scheduler, "per_batch", False)
+    return isinstance(scheduler, PerBatch)

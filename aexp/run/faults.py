@@ -12,7 +12,7 @@ import threading
 import torch
 import torch.distributed
 
-from aexp import distributed
+from aexp.run import distributed
 from aexp.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -1,0 +1,72 @@
+"""The model contract every autoencoder follows, stated once with its defaults, and the named
+activations models are configured with.
+
+A model is built from config with the data's shapes passed in (`in_shape`, `out_shape`) and
+offers:
+- `encode(x) -> z` and `decode(z) -> x_hat` (required);
+- `forward(x) -> Output(x_hat, z, extras)`: by default decode(encode(x)) with no extras; a VAE
+  puts `mu` and `logvar` in `extras` (what the KL term and the likelihood evaluation read);
+- `latent_range`: (low, high) of a bounded code (a sigmoid or tanh latent), else None; frames
+  and pictures then draw the code's own range;
+- `start_epoch(epoch)`: told before each training epoch (1-based), and with None when the
+  model is used outside a training run (lr-find, after training): None means "as trained";
+- `weight_product()`: the product of the weight matrices of a dense model (the W2·W1 picture),
+  None for models where it means nothing.
+"""
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from aexp.errors import ConfigError
+
+
+class Output(NamedTuple):
+    x_hat: torch.Tensor
+    z: torch.Tensor
+    extras: dict
+
+
+class Autoencoder(nn.Module):
+    """Base class: subclasses set their layers and implement `encode` and `decode`."""
+    latent_range = None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> Output:
+        z = self.encode(x)
+        return Output(self.decode(z), z, {})
+
+    def start_epoch(self, epoch: int | None) -> None:
+        """Nothing changes between epochs unless a model says so."""
+
+    def weight_product(self) -> torch.Tensor | None:
+        return None
+
+
+# Named activations usable in config ("none" is the identity).
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "hardtanh": lambda: nn.Hardtanh(0.0, 1.0),
+    "none": nn.Identity,
+}
+
+# Value ranges of bounded activations: lets frames use fixed axes for a bounded latent.
+BOUNDS = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "hardtanh": (0.0, 1.0)}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ConfigError(
+            f"unknown activation '{name}'; choose from {', '.join(ACTIVATIONS)}"
+        ) from None
