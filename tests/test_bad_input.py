@@ -11,7 +11,7 @@ from PIL import Image
 from aexp import checkpoint
 from aexp.cli import main
 from aexp.errors import CheckpointError
-from aexp.runs import load_run
+from aexp.build import load_run
 from conftest import aexp, make_mnist
 
 SMALL = ["train.epochs=1", "frames.enabled=false", "dataset.n_train=100", "dataset.n_val=20",

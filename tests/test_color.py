@@ -4,7 +4,7 @@ import colorsys
 import pytest
 import torch
 
-from aexp.color import (ENCODINGS, hsv_to_rgb, lab_to_rgb, lab_unit_to_rgb, rgb_to_hsv, rgb_to_lab,
+from aexp.data.color import (ENCODINGS, hsv_to_rgb, lab_to_rgb, lab_unit_to_rgb, rgb_to_hsv, rgb_to_lab,
                         rgb_to_lab_unit)
 
 # sRGB -> CIE Lab (D65, 2 degrees) as computed by scikit-image 0.26.0, `skimage.color.rgb2lab`

@@ -10,7 +10,7 @@ from PIL import Image
 
 from aexp.data import Data
 from aexp.errors import AexpError, ConfigError, DataError
-from aexp.train import build, build_parts
+from aexp.build import build, build_parts
 from conftest import aexp, make_mnist
 
 
@@ -64,7 +64,7 @@ def test_mnist_and_fashion_mnist_load_through_their_options(compose_cfg, tmp_pat
     make_mnist(tmp_path, name="FashionMNIST", compress=True, seed=1)
     for option, name in (("mnist", "mnist"), ("fashion_mnist", "fashion_mnist")):
         data = load(compose_cfg, [f"dataset={option}", f"dataset.root={tmp_path}", "dataset.val_size=20"])
-        assert data.name == name and data.kind == "image" and data.task == "reconstruct"
+        assert data.name == name and data.kind == "image" and data.task.name == "reconstruct"
         assert data.train.x.dtype == torch.uint8 and data.in_shape == (1, 28, 28)
         assert (len(data.train), len(data.val), len(data.test)) == (100, 20, 40)
         assert data.num_classes == 10 and set(data.test.y.tolist()) == set(range(10))
@@ -192,6 +192,6 @@ def test_colorize_on_an_image_folder_trains_end_to_end(tmp_path):
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert len(rows) == 2 and all(float(r["val_loss"]) > 0 for r in rows)
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["config"]["task"]["_target_"] == "aexp.tasks.Colorize"
+    assert ckpt["config"]["task"]["_target_"] == "aexp.data.tasks.Colorize"
     assert ckpt["model"]["decoder.2.weight"].shape[0] == 2 * 8 * 8   # predicts a,b only
     assert len(list((run / "frames").glob("epoch_*.png"))) == 3

@@ -3,7 +3,7 @@ import csv
 
 import torch
 
-from aexp.render import count_video_frames
+from aexp.report.render import count_video_frames
 from conftest import aexp, make_mnist
 
 

@@ -10,10 +10,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from aexp import classifier
-from aexp.data import Split
-from aexp.evaluate import evaluate, settings
-from aexp.models import Output
+from aexp.data import Data, Split
+from aexp.data.corruption import Gaussian
+from aexp.data.tasks import Colorize
+from aexp.models import Autoencoder
+from aexp.report import classifier
+from aexp.report.evaluate import evaluate, settings
 from conftest import aexp, make_mnist
 
 TINY = ("dataset=mnist", "dataset.val_size=20", "train.epochs=2", "train.batch_size=32",
@@ -107,7 +109,7 @@ def test_classifier_is_trained_once_and_cached(tmp_path):
     assert other != path                                            # keyed by the dataset config
 
 
-class _Colorizer(nn.Module):
+class _Colorizer(Autoencoder):
     """L -> a,b by a 1x1 convolution (a stand-in colourisation model)."""
 
     def __init__(self):
@@ -120,23 +122,12 @@ class _Colorizer(nn.Module):
     def decode(self, z):
         return torch.sigmoid(z)
 
-    def forward(self, x):
-        z = self.encode(x)
-        return Output(self.decode(z), z, {})
-
 
 def test_colorization_report_and_pictures(tmp_path):
     g = torch.Generator().manual_seed(0)
     rgb = lambda n: (torch.rand(n, 3, 12, 12, generator=g) * 255).to(torch.uint8)
 
-    def batch(split, idx=None, train=False):
-        x = split.x if idx is None else split.x[idx]
-        x = x.float() / 255
-        return x.mean(1, keepdim=True), x[:, :2]          # "L" and "a,b" for the test
-
-    data = SimpleNamespace(name="fake", kind="image", task="colorize", train=Split(rgb(40)), val=Split(rgb(10)),
-                           test=Split(rgb(30)), num_classes=None, classes=[], batch=batch,
-                           to_rgb=lambda L, ab: torch.cat([ab, L], 1))
+    data = Data("random", "image", Split(rgb(40)), Split(rgb(10)), Split(rgb(30))).prepare(Colorize())
     run = SimpleNamespace(run_dir=tmp_path, data=data, model=_Colorizer().eval(), device=torch.device("cpu"),
                           state={"epoch": 1}, cfg=None)
     rep = evaluate(run, settings(None, tsne=False))
@@ -147,7 +138,7 @@ def test_colorization_report_and_pictures(tmp_path):
     assert not (tmp_path / "pictures" / "samples.png").exists()
 
 
-class _Linear(nn.Module):
+class _Linear(Autoencoder):
     """A linear image AE exposing W2·W1, as the linear no-bias models do."""
 
     def __init__(self, n=64, k=8):
@@ -160,10 +151,6 @@ class _Linear(nn.Module):
     def decode(self, z):
         return torch.sigmoid(self.dec(z)).view(-1, 1, 8, 8)
 
-    def forward(self, x):
-        z = self.encode(x)
-        return Output(self.decode(z), z, {})
-
     def weight_product(self):
         return self.dec.weight @ self.enc.weight
 
@@ -172,13 +159,9 @@ def test_denoising_and_weight_product_pictures(tmp_path):
     g = torch.Generator().manual_seed(0)
     imgs = lambda n: (torch.rand(n, 1, 8, 8, generator=g) * 255).to(torch.uint8)
 
-    def batch(split, idx=None, train=False):
-        x = (split.x if idx is None else split.x[idx]).float() / 255
-        return ((x + 0.3 * torch.randn_like(x)).clamp(0, 1) if train else x), x   # noisy input, clean target
-
     labels = lambda n: torch.arange(n) % 3
-    data = SimpleNamespace(name="fake", kind="image", train=Split(imgs(30), labels(30)), val=Split(imgs(9)),
-                           test=Split(imgs(24), labels(24)), num_classes=3, classes=["a", "b", "c"], batch=batch)
+    data = Data("random", "image", Split(imgs(30), labels(30)), Split(imgs(9)), Split(imgs(24), labels(24)),
+                num_classes=3, classes=["a", "b", "c"]).prepare(corruption=Gaussian(0.3))  # noisy input
     run = SimpleNamespace(run_dir=tmp_path, data=data, model=_Linear().eval(), device=torch.device("cpu"),
                           state={"epoch": 1}, cfg=None)
     rep = evaluate(run, settings(None, tsne=False, nll_samples=0, classifier={"enabled": False}))
@@ -190,7 +173,7 @@ def test_denoising_and_weight_product_pictures(tmp_path):
 
 
 def test_summary_curves_are_named_by_the_options_that_differ(tmp_path, monkeypatch):
-    from aexp import plots, summary
+    from aexp.report import plots, summary
     sweep = tmp_path / "sweep"
     for job, lr in (("0", "0.001"), ("1", "0.01")):
         d = sweep / job

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.models import resnet34, vgg
 
-from aexp.train import train
+from aexp.run.train import train
 from conftest import make_mnist, options
 
 EXPERIMENTS = options("experiment")

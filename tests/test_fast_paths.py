@@ -5,9 +5,10 @@ import pytest
 import torch
 from torchvision import datasets, transforms
 
-from aexp import faults, loop
+from aexp.run import faults
+from aexp.run import steps as loop
 from aexp.data import mnist
-from aexp.train import build
+from aexp.build import build
 from conftest import make_mnist
 
 

@@ -9,10 +9,10 @@ from omegaconf import open_dict
 
 from aexp import checkpoint
 from aexp.errors import TrainingDiverged
-from aexp.faults import StopSignals
+from aexp.run.faults import StopSignals
 from aexp.losses import Term
-from aexp.metrics import read_csv
-from aexp.train import train
+from aexp.io import read_csv
+from aexp.run.train import train
 
 
 class NaNOnCalls(Term):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from aexp import measures
-from aexp.evaluate import colorization, latent_stats
+from aexp.report import measures
+from aexp.report.evaluate import colorization, latent_stats
 
 
 def test_mse_mae_psnr_of_a_known_error():

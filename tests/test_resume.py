@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from aexp import checkpoint
-from aexp.metrics import read_csv
+from aexp.io import read_csv
 from conftest import ROOT, aexp
 
 # A VAE (draws noise: the torch RNG must be restored) with a 3-d latent (frames use a PCA basis
@@ -138,7 +138,7 @@ def test_sigterm_saves_mid_epoch_and_the_printed_command_resumes_exactly(tmp_pat
 
 def test_a_run_made_before_an_option_existed_resumes_when_the_option_reproduces_it():
     from aexp.errors import ConfigError
-    from aexp.resume import check_same_config
+    from aexp.run.resume import check_same_config
     old = {"model": {"_target_": "aexp.models.pooling.Baseline32", "activation": "relu"},
            "train": {"epochs": 3}}
     now = {"model": {**old["model"], "code_activation": None}, "train": {"epochs": 3, "channels_last": True}}

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from aexp.errors import ConfigError
-from aexp.jobs import MARKER, best_trial, describe_best, finished, objective
+from aexp.jobs import MARKER, finished, objective
+from aexp.report.summary import best_trial, describe_best
 from conftest import ROOT, aexp
 
 TINY = ["train.epochs=1", "dataset.n_train=200", "dataset.n_val=50", "frames.probe_size=50"]
@@ -161,8 +162,9 @@ def test_objective_reads_metrics_then_eval_json(tmp_path, compose_cfg):
     assert pick("objective.metric=test_ssim") == 0.9
     with pytest.raises(ConfigError, match="neither a metrics.csv column nor an eval.json key"):
         pick("objective.metric=accuracy")
-    with pytest.raises(ConfigError, match="objective.reduce"):
-        pick("objective.reduce=median")
+    from aexp.build import check_config
+    with pytest.raises(ConfigError, match="objective.reduce must be one of last, min, max"):
+        check_config(compose_cfg(["objective.reduce=median"]))   # refused before any job runs
 
 
 def test_finished_marker_matches_the_config(tmp_path, compose_cfg):
@@ -216,7 +218,7 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
 ])
 def test_cluster_configs_compose_onto_the_plugins(override, key, expected):
     from hydra import compose, initialize_config_dir
-    from aexp.paths import conf_dir
+    from aexp.build import conf_dir
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[override], return_hydra_config=True)
     node = cfg.hydra.launcher if "launcher" in override else cfg.hydra.sweeper

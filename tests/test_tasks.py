@@ -3,10 +3,10 @@ options, through `Data.batch` as training uses it."""
 import pytest
 import torch
 
-from aexp.corruption import Dropout, Gaussian, Mask, NoCorruption
+from aexp.data.corruption import Dropout, Gaussian, Mask, NoCorruption
 from aexp.data import Data, Split, colors
 from aexp.errors import ConfigError
-from aexp.tasks import Colorize, Reconstruct
+from aexp.data.tasks import Colorize, Reconstruct
 from conftest import options
 
 
@@ -19,7 +19,7 @@ def images(n=64, c=3, h=8, w=8, seed=0) -> Data:
 
 def test_colorize_pairs_l_with_ab_and_converts_back():
     data = images().prepare(Colorize())
-    assert data.task == "colorize" and data.in_shape == (1, 8, 8) and data.out_shape == (2, 8, 8)
+    assert data.task.name == "colorize" and data.in_shape == (1, 8, 8) and data.out_shape == (2, 8, 8)
     x, y = data.batch(data.val)
     assert x.shape == (16, 1, 8, 8) and y.shape == (16, 2, 8, 8)
     assert x.min() >= 0 and x.max() <= 1 and y.min() >= 0 and y.max() <= 1
@@ -115,7 +115,7 @@ def test_bad_corruption_settings():
 
 @pytest.mark.parametrize("option", options("corruption"))
 def test_every_corruption_option_builds_and_applies(compose_cfg, option):
-    from aexp.train import build_parts
+    from aexp.build import build_parts
     cfg = compose_cfg([f"corruption={option}", "dataset=digits", "model=mlp"])
     data, _, _ = build_parts(cfg, torch.device("cpu"))
     x, y = data.batch(data.train, torch.arange(32), train=True)

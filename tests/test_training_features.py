@@ -6,11 +6,12 @@ import csv
 import pytest
 import torch
 
-from aexp import loop
+from aexp.run import steps as loop
 from aexp.errors import ConfigError
 from aexp.models.pooling import PoolingCNN
 from aexp.models.resnet import ResNetAE
-from aexp.train import build, train
+from aexp.build import build
+from aexp.run.train import train
 from conftest import aexp
 
 SMALL = ["dataset.n_train=200", "dataset.n_val=50", "train.batch_size=64", "frames.enabled=false"]
@@ -82,7 +83,7 @@ def test_resnet_encoder_frozen_for_the_first_epochs(tmp_path):
     x = torch.rand(4, 3, 32, 32)
 
     def step(epoch):
-        loop.start_epoch(net, None, epoch)
+        net.start_epoch(epoch)
         enc = [p.detach().clone() for p in net.encoder.parameters()]
         dec = [p.detach().clone() for p in net.decoder.parameters()]
         opt.zero_grad(set_to_none=True)
@@ -160,13 +161,18 @@ def test_incompatible_combinations_fail_before_training(tmp_path, tiny_mnist, ov
 
 def test_perceptual_loss_from_a_run_aexp_trained(compose_cfg, tmp_path, tiny_mnist):
     """Without VGG weights, the encoder of an aexp run supplies the features."""
+    from aexp.build import build_loss
     from aexp.losses import Perceptual
     from aexp.models import Output
     cfg = compose_cfg(["model=conv", "model.channels=[4,8]", "dataset=mnist", f"dataset.root={tiny_mnist}",
                        "dataset.val_size=20", "train.epochs=1", "frames.enabled=false"])
     train(cfg, tmp_path / "features")
-    term = Perceptual(features_run=str(tmp_path / "features"), layers={"stage1": 1.0, "stage2": 0.5},
-                      style_weight=1.0)
+    loss = build_loss(compose_cfg(["loss=perceptual", f"+loss.terms.perceptual.features_run={tmp_path / 'features'}",
+                                   "~loss.terms.perceptual.layers",
+                                   "+loss.terms.perceptual.layers={stage1: 1.0, stage2: 0.5}",
+                                   "loss.terms.perceptual.style_weight=1.0"]).loss)
+    term = loss.terms["perceptual"]
+    assert isinstance(term, Perceptual) and loss.reduction == "mean"
     y = torch.rand(2, 1, 28, 28)
     x_hat = torch.rand(2, 1, 28, 28, requires_grad=True)
     v = term(Output(x_hat, None, {}), y, y, None, "mean")
@@ -180,7 +186,7 @@ def test_perceptual_loss_from_a_run_aexp_trained(compose_cfg, tmp_path, tiny_mni
 
 @pytest.mark.parametrize("on", [True, False])
 def test_channels_last_stores_conv_weights_nhwc_and_computes_the_same(compose_cfg, tiny_mnist, on):
-    from aexp.train import build_parts
+    from aexp.build import build_parts
     cfg = compose_cfg(["model=conv", "model.channels=[4,8]", "dataset=mnist", f"dataset.root={tiny_mnist}",
                        "dataset.val_size=20", f"train.channels_last={str(on).lower()}"])
     data, model, _ = build_parts(cfg, torch.device("cpu"))

@@ -7,7 +7,8 @@ from torchvision.models import vgg
 
 from aexp.data import Data, Split
 from aexp.errors import ConfigError
-from aexp.train import build, preflight
+from aexp.build import build
+from aexp.run.steps import preflight
 from conftest import options
 
 # option -> (overrides that keep it tiny, [(in_shape, out_shape), ...] it claims to support)
