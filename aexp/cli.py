@@ -7,6 +7,8 @@ import os
 import sys
 from typing import NamedTuple
 
+from aexp.errors import AexpError, Interrupted
+
 
 class Command(NamedTuple):
     name: str
@@ -74,8 +76,8 @@ def _hydra(command: Command, argv: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    # torch and Hydra come with these: imported here, so the other commands start without them
     from aexp.build import conf_dir
-    from aexp.errors import AexpError, Interrupted
     from aexp.run import distributed, resume
 
     status = {"code": 0}
@@ -139,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     command = BY_NAME[name]
     if command.hydra:
         return _hydra(command, rest)
-    from aexp.errors import AexpError
     try:
         return _load(command.target)(rest)
     except AexpError as e:
