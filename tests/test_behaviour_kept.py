@@ -56,3 +56,28 @@ def test_value_checks_come_before_the_data(command, bad, named, tmp_path, capsys
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("aexp: error: ") and named in last, err[-800:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_saved_before_the_layering_still_opens_and_resumes(tmp_path, capsys):
+    """Its stored config names targets by their old module paths (aexp.tasks, aexp.corruption,
+    aexp.schedules): eval rebuilds it and resume accepts it as the same config."""
+    import torch
+
+    from aexp import checkpoint
+    run = tmp_path / "run"
+    args = ["schedule=cosine", "dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16",
+            "train.epochs=1", "frames.enabled=false", "eval.enabled=false"]
+    assert cli(["train", *args, f"hydra.run.dir={run}"], capsys)[0] == 0
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        cfg = state["config"]
+        cfg["task"]["_target_"] = "aexp.tasks.Reconstruct"
+        cfg["corruption"]["_target_"] = "aexp.corruption.NoCorruption"
+        cfg["schedule"]["_target_"] = "aexp.schedules.Cosine"
+        checkpoint.save(run / "checkpoints" / name, {k: v for k, v in state.items() if k != "format"})
+    code, err = cli(["eval", run, "--no-pictures", "--device", "cpu"], capsys)
+    assert code == 0, err[-1500:]
+    code, err = cli(["train", f"resume={run}", "train.epochs=2"], capsys)
+    assert code == 0, err[-1500:]
+    with open(run / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
