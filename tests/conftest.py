@@ -67,6 +67,16 @@ def tiny_mnist(tmp_path):
     return make_mnist(tmp_path / "data")
 
 
+def run_cli(args, capsys) -> tuple[int, str]:
+    """`aexp ARGS` through the CLI's `main` in-process (fast): (exit code, stderr)."""
+    from aexp.cli import main
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 def aexp(*args, cwd=None, check=True, timeout=300):
     """Run the real `aexp` entry point in a subprocess, as a user would."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}

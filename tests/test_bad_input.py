@@ -9,22 +9,12 @@ import torch
 from PIL import Image
 
 from aexp import checkpoint
-from aexp.cli import main
 from aexp.errors import CheckpointError
 from aexp.build import load_run
-from conftest import aexp, make_mnist
+from conftest import aexp, make_mnist, run_cli
 
 SMALL = ["train.epochs=1", "frames.enabled=false", "dataset.n_train=100", "dataset.n_val=20",
          "dataset.n_test=10"]
-
-
-def run_cli(args, capsys) -> tuple[int, str]:
-    """`aexp ARGS` in-process: (exit code, stderr)."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -6,25 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from aexp.cli import main
+from conftest import run_cli
+
 
 GOLDEN = Path(__file__).parent / "golden" / "default_metrics.csv"
 TIMING = ("seconds", "train_seconds", "frame_seconds")
-
-
-def cli(args, capsys) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 def test_default_train_writes_the_golden_metrics(tmp_path, capsys):
     """Every column but the timing ones, to 1e-6 relative: the same code on another CPU may
     differ in float rounding (summation order of its kernels), never by more; a change of data
     order, seeding, initialisation or loss changes these values in the first digits."""
-    code, err = cli(["train", f"hydra.run.dir={tmp_path}"], capsys)
+    code, err = run_cli(["train", f"hydra.run.dir={tmp_path}"], capsys)
     assert code == 0, err[-1500:]
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -51,7 +44,7 @@ def test_default_train_writes_the_golden_metrics(tmp_path, capsys):
 def test_value_checks_come_before_the_data(command, bad, named, tmp_path, capsys):
     """The dataset named here does not exist: a refusal about the setting came before any data
     was loaded (loading would have failed first, naming the missing MNIST files)."""
-    code, err = cli([command, "dataset=mnist", f"dataset.root={tmp_path / 'nothing'}", bad,
+    code, err = run_cli([command, "dataset=mnist", f"dataset.root={tmp_path / 'nothing'}", bad,
                      f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("aexp: error: ") and named in last, err[-800:]
@@ -67,7 +60,7 @@ def test_a_run_saved_before_the_layering_still_opens_and_resumes(tmp_path, capsy
     run = tmp_path / "run"
     args = ["schedule=cosine", "dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16",
             "train.epochs=1", "frames.enabled=false", "eval.enabled=false"]
-    assert cli(["train", *args, f"hydra.run.dir={run}"], capsys)[0] == 0
+    assert run_cli(["train", *args, f"hydra.run.dir={run}"], capsys)[0] == 0
     for name in ("best.pt", "last.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
         cfg = state["config"]
@@ -75,9 +68,9 @@ def test_a_run_saved_before_the_layering_still_opens_and_resumes(tmp_path, capsy
         cfg["corruption"]["_target_"] = "aexp.corruption.NoCorruption"
         cfg["schedule"]["_target_"] = "aexp.schedules.Cosine"
         checkpoint.save(run / "checkpoints" / name, {k: v for k, v in state.items() if k != "format"})
-    code, err = cli(["eval", run, "--no-pictures", "--device", "cpu"], capsys)
+    code, err = run_cli(["eval", run, "--no-pictures", "--device", "cpu"], capsys)
     assert code == 0, err[-1500:]
-    code, err = cli(["train", f"resume={run}", "train.epochs=2"], capsys)
+    code, err = run_cli(["train", f"resume={run}", "train.epochs=2"], capsys)
     assert code == 0, err[-1500:]
     with open(run / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]

@@ -22,7 +22,7 @@ REFERENCE_LAB = {
 }
 
 
-def test_lab_matches_reference_on_known_colours():
+def test_lab_matches_reference_on_known_colors():
     rgb = torch.tensor(list(REFERENCE_LAB), dtype=torch.float64)
     want = torch.tensor(list(REFERENCE_LAB.values()), dtype=torch.float64)
     got = rgb_to_lab(rgb)
@@ -30,7 +30,7 @@ def test_lab_matches_reference_on_known_colours():
     assert torch.allclose(lab_to_rgb(want), rgb, atol=1e-3)
 
 
-def test_lab_round_trip_within_one_level_on_random_colours():
+def test_lab_round_trip_within_one_level_on_random_colors():
     g = torch.Generator().manual_seed(1)
     rgb = torch.rand(200_000, 3, generator=g)
     assert (lab_to_rgb(rgb_to_lab(rgb)) - rgb).abs().max() < 1 / 255

@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from aexp.cli import main
-from conftest import make_mnist, options
+from conftest import make_mnist, options, run_cli
 
 TINY = ["train.epochs=1", "train.batch_size=16", "dataset.val_size=20", "frames.probe_size=20",
         "eval.enabled=false", "eval.tsne=false"]
@@ -43,14 +42,6 @@ def root(tmp_path_factory):
     return make_mnist(tmp_path_factory.mktemp("matrix"), n_train=100, n_test=30)
 
 
-def cli(args, capsys) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
 def assert_refused(code: int, err: str, what: str) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and lines and lines[-1].startswith("aexp: error: "), (what, code, err[-800:])
@@ -62,26 +53,26 @@ def test_train_lr_find_eval_explore(model, root, tmp_path, capsys):
     fits, misfits = ([a.replace("ROOT", str(root)) for a in args] for args in MODELS[model])
     common = [f"model={model}"]
     run = tmp_path / "run"
-    code, err = cli(["train", *common, *fits, f"hydra.run.dir={run}"], capsys)
+    code, err = run_cli(["train", *common, *fits, f"hydra.run.dir={run}"], capsys)
     assert code == 0, err[-1500:]
     assert (run / "checkpoints" / "best.pt").is_file() and (run / "metrics.csv").is_file()
 
-    code, err = cli(["lr-find", *common, *fits, "lr_find.steps=12", f"hydra.run.dir={tmp_path / 'lr'}"],
+    code, err = run_cli(["lr-find", *common, *fits, "lr_find.steps=12", f"hydra.run.dir={tmp_path / 'lr'}"],
                     capsys)
     assert code == 0, err[-1500:]
     assert (tmp_path / "lr" / "lr_find.png").is_file()
 
-    code, err = cli(["eval", run, "--no-classifier", "--nll-samples", "4", "--nll-max-images", "8",
+    code, err = run_cli(["eval", run, "--no-classifier", "--nll-samples", "4", "--nll-max-images", "8",
                      "--device", "cpu"], capsys)
     assert code == 0, err[-1500:]
     report = json.loads((run / "eval.json").read_text())
     assert report["model"] and report["reconstruction"]["mse"] >= 0 and report["pictures"]
 
-    code, err = cli(["explore", run, "--points", "30"], capsys)
+    code, err = run_cli(["explore", run, "--points", "30"], capsys)
     assert code == 0, err[-1500:]
     assert (run / "explorer.html").stat().st_size > 1000
 
     other = [f"model={model}", *misfits, f"hydra.run.dir={tmp_path / 'bad'}"]
-    code, err = cli(["train", *other], capsys)
+    code, err = run_cli(["train", *other], capsys)
     assert_refused(code, err, f"train {model} where it cannot work")
     assert not (tmp_path / "bad" / "checkpoints").exists()

@@ -64,7 +64,7 @@ def test_vae_model_selects_vae_loss_unless_overridden(compose_cfg):
     assert set(compose_cfg(["model=vae", "loss=mse"]).loss.terms) == {"mse"}
 
 
-def test_colour_model_on_images_fails_clearly(compose_cfg):
+def test_color_model_on_images_fails_clearly(compose_cfg):
     from aexp.errors import ConfigError
     cfg = compose_cfg(["model=linear"])
     data = _data_for(compose_cfg(["model=mlp"]))

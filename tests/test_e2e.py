@@ -36,7 +36,7 @@ def test_vae_on_tiny_mnist_then_render(tmp_path, tiny_mnist):
     assert (run / "latent.gif").stat().st_size > 0
 
 
-def test_default_colours_run_learns(tmp_path):
+def test_default_colors_run_learns(tmp_path):
     run = tmp_path / "run"
     aexp("train", "train.epochs=3", "dataset.n_train=2000", "dataset.n_val=500",
          "optimizer.lr=1e-2", f"hydra.run.dir={run}")

@@ -97,7 +97,7 @@ def test_tsne_maps_an_embedded_point_back_near_its_latent():
     assert np.linalg.norm(back - z[:5], axis=1).mean() < np.linalg.norm(z - z.mean(0), axis=1).mean()
 
 
-def test_colours_run_points_in_their_own_colour(tmp_path):
+def test_colors_run_points_in_their_own_color(tmp_path):
     run = tmp_path / "run"
     aexp("train", "train.epochs=1", "dataset.n_train=300", "dataset.n_val=50", "dataset.n_test=60",
          "frames.probe_size=30", f"hydra.run.dir={run}")
@@ -107,9 +107,9 @@ def test_colours_run_points_in_their_own_colour(tmp_path):
     test = d["samples"]["test"]
     assert test["target"]["h"] == test["target"]["w"] == 1 and test["target"]["n"] == 60
     from aexp.build import load_run
-    colours = load_run(run, device="cpu").data.test.x.numpy()
+    colors = load_run(run, device="cpu").data.test.x.numpy()
     shown = np.frombuffer(__import__("base64").b64decode(test["color"]), np.uint8).reshape(-1, 3)
-    np.testing.assert_allclose(shown, colours * 255, atol=1.0)
+    np.testing.assert_allclose(shown, colors * 255, atol=1.0)
     assert d["grid"]["n"] == 12 and d["grid"]["tiles"]["n"] == 144
 
 

@@ -117,7 +117,7 @@ class Scale(nn.Module):
         return self.s * x
 
 
-def test_colour_triplet_zero_when_latent_separates_colours():
+def test_color_triplet_zero_when_latent_separates_colors():
     torch.manual_seed(0)
     x = torch.rand(64, 3)
     term = ColorTriplet(margin=0.1, nudge=0.001, min_distance=0.3)

@@ -29,7 +29,7 @@ def test_colorize_pairs_l_with_ab_and_converts_back():
     assert torch.allclose(grey[:, 0], grey[:, 1], atol=2e-3) and torch.allclose(grey[:, 1], grey[:, 2], atol=2e-3)
 
 
-def test_colorize_refuses_grey_images_and_encoded_colours():
+def test_colorize_refuses_grey_images_and_encoded_colors():
     with pytest.raises(ConfigError, match="3-channel"):
         images(c=1).prepare(Colorize())
     with pytest.raises(ConfigError, match="dataset.encoding=rgb"):
@@ -123,7 +123,7 @@ def test_every_corruption_option_builds_and_applies(compose_cfg, option):
     assert torch.equal(x, y) == (option == "none")
 
 
-def test_colours_fresh_every_epoch_from_the_data_generator():
+def test_colors_fresh_every_epoch_from_the_data_generator():
     data = colors(100, 10, 10, fresh=True).prepare()
     first = data.train.x.clone()
     gen = torch.Generator().manual_seed(5)
@@ -142,7 +142,7 @@ def test_colours_fresh_every_epoch_from_the_data_generator():
 
 
 @pytest.mark.parametrize("encoding", ["rgb", "hsv", "lab"])
-def test_colour_encodings(encoding):
+def test_color_encodings(encoding):
     data = colors(50, 20, 10, encoding=encoding).prepare()
     x, y = data.batch(data.val)
     assert torch.equal(x, y) and x.min() >= 0 and x.max() <= 1
