@@ -11,12 +11,23 @@ import argparse
 import json
 import platform
 import statistics
+import struct
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from aexp.build import build, conf_dir, resolve_device
+from aexp.data import mnist
+from aexp.io import read_csv
+from aexp.report.render import render
+from aexp.run.train import train
 
 MODELS = {  # bench name -> aexp config overrides (model and loss as a user would pick them)
     "dense AE": ["model=mlp", "loss=bce"],
@@ -26,17 +37,12 @@ MODELS = {  # bench name -> aexp config overrides (model and loss as a user woul
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from aexp.build import conf_dir
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def synthetic_mnist(root: Path, n_train=60000, n_test=10000) -> Path:
     """MNIST-shaped IDX files of random strokes (when no real MNIST is given)."""
-    import struct
     rng = np.random.default_rng(0)
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -51,8 +57,6 @@ def synthetic_mnist(root: Path, n_train=60000, n_test=10000) -> Path:
 
 def aexp_throughput(overrides, root, epochs, batch_size, device) -> dict:
     """Median training samples/s of aexp's own loop (train() itself, frames off)."""
-    from aexp.io import read_csv
-    from aexp.run.train import train
     cfg = compose([*overrides, "dataset=mnist", f"dataset.root={root}", f"train.epochs={epochs}",
                    f"train.batch_size={batch_size}", "frames.enabled=false", "eval.enabled=false",
                    f"device={device}"])
@@ -67,10 +71,6 @@ def aexp_throughput(overrides, root, epochs, batch_size, device) -> dict:
 def conventional_throughput(overrides, root, epochs, batch_size, device) -> dict:
     """The same model and loss trained the tutorials' way: ToTensor + DataLoader + per-batch
     .item(), with a plain `torch.optim.Adam` (aexp's config uses the fused one)."""
-    from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
-
-    from aexp.build import build, resolve_device
     cfg = compose([*overrides, "dataset=mnist", f"dataset.root={root}"])
     dev = resolve_device(device)
     torch.manual_seed(0)
@@ -122,8 +122,6 @@ def dense_step_flops(model, batch) -> float:
 
 def dense_step_fraction(root, batch_size, device) -> dict:
     """FLOP/s of the dense AE's training step (resident batch, median of many steps) over peak."""
-    from aexp.data import mnist
-    from aexp.build import build, resolve_device
     cfg = compose(["model=mlp", "loss=bce"])
     dev = resolve_device(device)
     model = build(cfg.model, in_shape=(1, 28, 28), out_shape=(1, 28, 28)).to(dev)
@@ -143,8 +141,6 @@ def dense_step_fraction(root, batch_size, device) -> dict:
 
 def frame_overhead(root, device) -> dict:
     """Frame + metrics-row cost as a share of an epoch, for the default colours run and an MNIST MLP."""
-    from aexp.io import read_csv
-    from aexp.run.train import train
     out = {}
     for name, overrides in {"colors linear": [], "mnist mlp": ["model=mlp", "loss=bce", "dataset=mnist",
                                                                  f"dataset.root={root}"]}.items():
@@ -159,8 +155,6 @@ def frame_overhead(root, device) -> dict:
 
 
 def render_per_frame(device) -> dict:
-    from aexp.report.render import render
-    from aexp.run.train import train
     cfg = compose(["train.epochs=30", "dataset.n_train=1000", "eval.enabled=false", f"device={device}"])
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, Path(tmp))
@@ -179,7 +173,6 @@ LAYOUT_MODELS = {  # bench name -> (model overrides, input shape): conv models f
 def layout_speedup(device, batch=128, steps=8) -> dict:
     """Training-step time of conv models with NCHW weights vs channels_last (NHWC), same
     weights and random data, the two layouts measured alternately in one process."""
-    from aexp.build import build
     dev = torch.device(device)
     out = {}
     for name, (overrides, shape) in LAYOUT_MODELS.items():
@@ -230,8 +223,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from aexp.build import conf_dir
-    from aexp.build import resolve_device
     device = str(resolve_device(args.device))
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.root) if args.root else synthetic_mnist(Path(tmp.name))

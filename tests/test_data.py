@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from aexp.data import Data
-from aexp.errors import AexpError, ConfigError, DataError
-from aexp.build import build, build_parts
+from aexp.errors import ConfigError, DataError
+from aexp.build import build_parts
 from conftest import aexp, make_mnist
 
 

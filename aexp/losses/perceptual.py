@@ -13,7 +13,6 @@ The feature network is frozen and comes from a local file, never a download:
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torchvision.models import vgg
 from torch import nn
 

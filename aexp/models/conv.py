@@ -7,7 +7,6 @@ between them (required for the VAE); without it the code is the last feature map
 """
 import math
 
-import torch
 from torch import nn
 
 from aexp.errors import ConfigError
