@@ -26,13 +26,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     """Train one run into `run_dir`, or continue it from its last checkpoint (see run.resume);
     return the final metrics row. `overrides`: the command line's, kept in checkpoints."""
     run_dir = Path(run_dir)
-    check_config(cfg)
-    device = distributed.place(resolve_device(cfg.device))
-    torch.backends.cudnn.benchmark = device.type == "cuda"   # fixed shapes: pick the fastest conv
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    console.quiet = not distributed.is_main()   # under torchrun, rank 0 speaks for all
-    seed_everything(cfg.seed)
+    device = setup(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     resume_from = resume.checkpoint_path(cfg, run_dir)
     saved = checkpoint.load(resume_from) if resume_from else None
@@ -72,8 +66,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     state = lambda epoch, partial=None: resume.training_state(
         epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, gen=gen, frames=frames,
         history=rows, best=best, config=config, overrides=overrides, partial=partial)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    progress = progress_bar()
     with progress, faults.StopSignals() as stop:
         task = progress.add_task("epoch", total=total_steps, info="", completed=start * steps)
         for epoch in range(start + 1, epochs + 1):
@@ -90,9 +83,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                 if stop.requested():    # a safe point: save everything, this epoch's progress too
                     if main:
                         checkpoint.save(last_pt, state(epoch - 1, ep.saved(step)))
-                    raise Interrupted(f"stopped by {stop.name} at epoch {epoch}, step {step} of "
-                                      f"{steps}; checkpoint saved to {last_pt}; resume with: "
-                                      f"aexp train resume={run_dir}", stop.signum)
+                    raise stopped(stop, epoch, step, steps, last_pt, run_dir)
                 batch = ep.perm[step * bs:(step + 1) * bs]
                 idx, scale = distributed.shard(batch)
                 x, y = st.resize(*data.batch(data.train, idx, train=True), size)
@@ -120,10 +111,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
             val_terms = st.validation_loss(model, loss_fn, data, data.val, cfg.train.eval_batch_size)
             check_finite(train_terms, val_terms, epoch, last_pt)
             lr = optimizer.param_groups[0]["lr"]
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val_terms["loss"])
-            elif not per_batch(scheduler):
-                scheduler.step()
+            end_of_epoch(scheduler, val_terms["loss"])
             row = epoch_row(epoch, train_terms, val_terms,
                             ep.skipped if cfg.train.skip_nonfinite else None)
             t_frame = time.perf_counter()
@@ -149,6 +137,37 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     console.print(f"[bold green]done[/] {len(rows)} epochs in {total:.1f}s · best val loss {best:.5g} · "
                   f"{run_dir}")
     return rows[-1]
+
+
+def setup(cfg) -> torch.device:
+    """Check the config, pick the device and CPU threads, seed every generator."""
+    check_config(cfg)
+    device = distributed.place(resolve_device(cfg.device))
+    torch.backends.cudnn.benchmark = device.type == "cuda"   # fixed shapes: pick the fastest conv
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    console.quiet = not distributed.is_main()   # under torchrun, rank 0 speaks for all
+    seed_everything(cfg.seed)
+    return device
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def stopped(stop, epoch: int, step: int, steps: int, last_pt: Path, run_dir: Path) -> Interrupted:
+    return Interrupted(f"stopped by {stop.name} at epoch {epoch}, step {step} of {steps}; checkpoint "
+                       f"saved to {last_pt}; resume with: aexp train resume={run_dir}", stop.signum)
+
+
+def end_of_epoch(scheduler, val_loss: float) -> None:
+    """Step an epoch schedule: plateau on the validation loss, the others by count (the
+    per-batch ones stepped after every batch already)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    elif not per_batch(scheduler):
+        scheduler.step()
 
 
 def epoch_means(ep: EpochProgress, watch, epoch: int, last_pt: Path) -> dict:
