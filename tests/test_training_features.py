@@ -12,7 +12,7 @@ from aexp.models.pooling import PoolingCNN
 from aexp.models.resnet import ResNetAE
 from aexp.build import build
 from aexp.run.train import train
-from conftest import aexp
+from conftest import aexp, run_cli
 
 SMALL = ["dataset.n_train=200", "dataset.n_val=50", "train.batch_size=64", "frames.enabled=false"]
 
@@ -149,13 +149,14 @@ MNIST = ["dataset=mnist", "dataset.val_size=20", "dataset.root={root}"]
     (["model=conv", "model.channels=[4,4,4,4,4]", *MNIST], "5 downsampling levels shrink a 28x28"),
     (["model=mlp", "loss=vae", *MNIST], "needs a VAE"),
 ])
-def test_incompatible_combinations_fail_before_training(tmp_path, tiny_mnist, overrides, message):
+def test_incompatible_combinations_fail_before_training(tmp_path, tiny_mnist, overrides, message, capsys):
+    """In-process (the real entry point's one-line refusals are tested in test_bad_input)."""
     run = tmp_path / "run"
     overrides = [o.format(root=tiny_mnist) for o in overrides]
-    proc = aexp("train", *overrides, f"hydra.run.dir={run}", check=False)
-    assert proc.returncode == 2
-    err = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(err) == 1 and err[0].startswith("aexp: error:") and message in err[0], proc.stderr
+    code, stderr = run_cli(["train", *overrides, f"hydra.run.dir={run}"], capsys)
+    assert code == 2
+    err = [line for line in stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("aexp: error:") and message in err[0], stderr
     assert not (run / "checkpoints").exists()
 
 
