@@ -69,14 +69,7 @@ def check_config(cfg) -> None:
     """Every value check that needs no data: run first, so a bad value costs no work."""
     own, groups = defaults()
     _walk(OmegaConf.to_container(cfg, resolve=True), own, "", skip=groups)
-    for key, low in MINIMUM.items():
-        v = OmegaConf.select(cfg, key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < low:
-            raise ConfigError(f"{key} must be at least {low}, got {v}")
-    for key, allowed in CHOICES.items():
-        v = OmegaConf.select(cfg, key)
-        if v is not None and v not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {v!r}")
+    check_values(cfg)
     for key in ("optimizer.lr", "train.grad_clip"):
         v = OmegaConf.select(cfg, key)
         if v is not None and (isinstance(v, (str, bool)) or not math.isfinite(v) or v <= 0):
@@ -89,6 +82,19 @@ def check_config(cfg) -> None:
         if not isinstance(stage, DictConfig) or stage.get("epochs", 0) < 1 or stage.get("size") is None:
             raise ConfigError(f"train.progressive stages need a size and epochs >= 1, got {stage}")
     resolve_device(str(cfg.device))
+
+
+def check_values(cfg) -> None:
+    """The minimums and choices of the settings `cfg` holds: a run config, or a part of one
+    (`aexp eval`'s options as {"eval": ...})."""
+    for key, low in MINIMUM.items():
+        v = OmegaConf.select(cfg, key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < low:
+            raise ConfigError(f"{key} must be at least {low}, got {v}")
+    for key, allowed in CHOICES.items():
+        v = OmegaConf.select(cfg, key)
+        if v is not None and v not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {v!r}")
 
 
 def _walk(values: dict, spec: dict, prefix: str, skip=()) -> None:

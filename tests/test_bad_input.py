@@ -78,6 +78,9 @@ CASES = [
     (["train", "resume={r}/nockpt"], "checkpoints/last.pt not found"),
     (["train", "resume={r}/truncated"], "cannot load checkpoint {r}/truncated/checkpoints/last.pt"),
     (["train", "resume={r}/foreign"], "is not an aexp checkpoint"),
+    # eval: its options are checked before the run is loaded ({r}/empty_run has no checkpoint)
+    (["eval", "{r}/empty_run", "--nll-max-images", "-1"], "eval.nll_max_images must be at least 0, got -1"),
+    (["eval", "{r}/empty_run", "--nll-samples", "-5"], "eval.nll_samples must be at least 0, got -5"),
     # render
     (["render", "{r}/missing"], "no such folder: {r}/missing"),
     (["render", "{r}/empty_run"], "no frames in {r}/empty_run"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from aexp.build import conf_dir, load_run
+from aexp.build import check_values, conf_dir, load_run
 from aexp.io import atomic_write, flatten, read_csv
 from aexp.report import classifier, measures
 from aexp.report.pictures import make_all
@@ -197,10 +197,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-pictures", action="store_true", help="numbers only")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
     args = ap.parse_args(argv)
+    given = {"nll_samples": args.nll_samples, "nll_max_images": args.nll_max_images}
+    check_values(OmegaConf.create({"eval": settings(None, **given)}))   # before any loading
     run = load_run(args.run_dir, which=args.checkpoint or str(settings().checkpoint),
                    device=args.device)
-    ev = settings(run.cfg, checkpoint=args.checkpoint, nll_samples=args.nll_samples,
-                  nll_max_images=args.nll_max_images)
+    ev = settings(run.cfg, checkpoint=args.checkpoint, **given)
     if args.no_classifier:
         ev.classifier.enabled = False
     report = evaluate(run, ev, log=lambda m: print(m, flush=True), pictures=not args.no_pictures)
