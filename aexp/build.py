@@ -79,7 +79,8 @@ def check_config(cfg) -> None:
     if start is not None and end is not None and not 0 < start < end:
         raise ConfigError(f"lr_find needs 0 < start < end, got start={start}, end={end}")
     for stage in OmegaConf.select(cfg, "train.progressive") or ():
-        if not isinstance(stage, DictConfig) or stage.get("epochs", 0) < 1 or stage.get("size") is None:
+        epochs = stage.get("epochs") if isinstance(stage, DictConfig) else None
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1 or stage.get("size") is None:
             raise ConfigError(f"train.progressive stages need a size and epochs >= 1, got {stage}")
     resolve_device(str(cfg.device))
 
