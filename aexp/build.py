@@ -21,7 +21,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from aexp import checkpoint
+from aexp import checkpoint, trust
 from aexp.errors import AexpError, CheckpointError, ConfigError, unwrap
 
 
@@ -78,11 +78,40 @@ def check_config(cfg) -> None:
     start, end = OmegaConf.select(cfg, "lr_find.start"), OmegaConf.select(cfg, "lr_find.end")
     if start is not None and end is not None and not 0 < start < end:
         raise ConfigError(f"lr_find needs 0 < start < end, got start={start}, end={end}")
+    stop, smoothing = OmegaConf.select(cfg, "lr_find.stop_factor"), OmegaConf.select(cfg, "lr_find.smoothing")
+    if stop is not None and not stop > 1:
+        raise ConfigError(f"lr_find.stop_factor must be above 1, got {stop}")
+    if smoothing is not None and not 0 <= smoothing < 1:
+        raise ConfigError(f"lr_find.smoothing must be in [0, 1), got {smoothing}")
+    check_objective(cfg)
     for stage in OmegaConf.select(cfg, "train.progressive") or ():
         epochs = stage.get("epochs") if isinstance(stage, DictConfig) else None
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1 or stage.get("size") is None:
             raise ConfigError(f"train.progressive stages need a size and epochs >= 1, got {stage}")
     resolve_device(str(cfg.device))
+
+
+# eval.json's sections and top-level numbers: what objective.metric may name besides a column
+EVAL_SECTIONS = ("reconstruction.", "latent.", "vae.", "colorization.", "classifier.")
+EVAL_NUMBERS = ("epoch", "n_test", "parameters", "train_seconds", "eval_seconds")
+
+
+def check_objective(cfg) -> None:
+    """objective.metric must be a metrics.csv column this run will write (its loss terms decide
+    them) or, when the run is evaluated, a number of eval.json: a typo is refused now, not after
+    the whole run trained."""
+    metric = OmegaConf.select(cfg, "objective.metric")
+    if metric is None:
+        return
+    terms = ["loss", *(OmegaConf.select(cfg, "loss.terms") or {})]
+    columns = ["epoch", "lr", "seconds", "train_seconds", "frame_seconds", "skipped_batches",
+               *(f"{split}_{t}" for split in ("train", "val") for t in terms)]
+    evaluated = bool(OmegaConf.select(cfg, "eval.enabled"))
+    if metric in columns or (evaluated and (metric.startswith(EVAL_SECTIONS) or metric in EVAL_NUMBERS)):
+        return
+    more = f", or an eval.json number ({', '.join(s + '*' for s in EVAL_SECTIONS)})" if evaluated else ""
+    raise ConfigError(f"objective.metric={metric} is not a metrics.csv column of this run "
+                      f"({', '.join(columns)}){more}")
 
 
 def check_values(cfg) -> None:
@@ -155,8 +184,9 @@ def build(node, **kwargs):
         inner = unwrap(e)
         if isinstance(inner, AexpError):
             raise inner from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot build {node.get('_target_', '?')}: {first}") from None
+        # Hydra's message is "Error in call to target '...':" with the reason on the next lines
+        text = " ".join(str(e).split())[:400] or type(e).__name__
+        raise ConfigError(f"cannot build {node.get('_target_', '?')}: {text}") from None
 
 
 def build_loss(node):
@@ -197,6 +227,11 @@ def build_parts(cfg, device) -> tuple:
     return data, model, build_loss(cfg.loss)
 
 
+def allowed_targets() -> frozenset:
+    """What a stored config may name: every target of the config tree (see aexp.trust)."""
+    return trust.allowed_targets(conf_dir())
+
+
 # Targets that moved since runs were saved: old prefix -> new prefix (stored configs name them).
 MOVED = {
     "aexp.tasks.": "aexp.data.tasks.",
@@ -235,8 +270,13 @@ def load_run(run_dir, which: str = "best", device: str = "auto") -> LoadedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AexpError(f"no such run folder: {run_dir}")
-    state = checkpoint.load(run_dir / "checkpoints" / f"{which}.pt")
-    cfg = OmegaConf.create(upgrade(state["config"]))
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    state = checkpoint.load(path)
+    config = upgrade(state.get("config"))
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds no run config")
+    trust.check_config(config, allowed_targets(), path)   # before anything is imported or built
+    cfg = OmegaConf.create(config)
     dev = resolve_device(device)
     data, model, loss_fn = build_parts(cfg, dev)
     try:

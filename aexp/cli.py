@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 from aexp.errors import AexpError, Interrupted
 
+TRUST_ENV = "AEXP_TRUST"   # aexp.trust reads it; not imported here, which would bring omegaconf
+
 
 class Command(NamedTuple):
     name: str
@@ -93,25 +95,31 @@ def _hydra(command: Command, argv: list[str]) -> int:
         try:   # returns the objective: what a sweeper such as Optuna optimises
             return task(cfg, run_dir, job_num=hc.job.num if multirun else None,
                         overrides=list(hc.overrides.task))
-        except AexpError as e:
-            if os.environ.get("AEXP_DEBUG"):
-                raise
-            print(f"aexp: error: {e}", file=sys.stderr)
-            status["code"] = e.exit_code
+        except Exception as e:
+            ours = isinstance(e, AexpError)
+            if os.environ.get("AEXP_DEBUG") or not (ours or multirun):
+                raise   # a bug in a single run: its traceback
+            text = str(e) if ours else f"{type(e).__name__}: {e}"
+            print(f"aexp: error: {text}" if ours or not multirun else
+                  f"aexp: error: job {hc.job.num} failed: {text}", file=sys.stderr)
+            code = e.exit_code if ours else 1
+            status["code"] = max(status["code"], code)
             if not multirun or isinstance(e, Interrupted):
-                sys.exit(e.exit_code)
-            (run_dir / "FAILED").write_text(f"{e}\n")  # the sweep goes on; the job is marked
+                sys.exit(code)
+            (run_dir / "FAILED").write_text(f"{text}\n")  # the sweep goes on; the job is marked
 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        sys.argv = [f"aexp {command.name}", *resume.argv_for(argv), *distributed.hydra_overrides(),
+        args = resume.argv_for(argv)
+        sys.argv = [f"aexp {command.name}", *args, *distributed.hydra_overrides(),
                     f"hydra.job.name={command.name.replace('-', '_')}"]
         # Hydra prints its own errors over several lines and exits 1; with this set it raises
         # them instead, and they become one line and exit code 2 like every other user error.
         os.environ["HYDRA_FULL_ERROR"] = "1"
-        app()
+        with _named_folder_lock(command, args):
+            app()
     except AexpError as e:
         return _fail(str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
@@ -128,6 +136,20 @@ def _hydra(command: Command, argv: list[str]) -> int:
     return status["code"]
 
 
+def _named_folder_lock(command: Command, args: list[str]):
+    """A single `aexp train` into a folder named on the command line (hydra.run.dir=, which
+    resume= sets) locks it before Hydra writes its .hydra/ files there, so a second run into a
+    busy folder changes nothing in it. (Other runs are locked by their job, aexp.jobs.)"""
+    import contextlib
+
+    from aexp.io import folder_lock
+    named = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
+    if (command.name != "train" or not named or "${" in named[-1] or int(os.environ.get("RANK", "0"))
+            or any(a in ("-m", "--multirun") for a in args)):
+        return contextlib.nullcontext()
+    return folder_lock(named[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -135,16 +157,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in BY_NAME:
-        print(f"aexp: unknown command '{name}' (choose from: {', '.join(BY_NAME)}; "
+        print(f"aexp: error: unknown command '{name}' (choose from: {', '.join(BY_NAME)}; "
               f"see aexp --help)", file=sys.stderr)
         return 2
     command = BY_NAME[name]
-    if command.hydra:
-        return _hydra(command, rest)
+    # --trust (any command): open run folders whose stored config names targets outside aexp's
+    # own (see aexp.trust); the same as AEXP_TRUST=1, for this call only
+    trusting = "--trust" in rest
+    before = os.environ.get(TRUST_ENV)
+    if trusting:
+        rest = [a for a in rest if a != "--trust"]
+        os.environ[TRUST_ENV] = "1"
     try:
+        if command.hydra:
+            return _hydra(command, rest)
         return _load(command.target)(rest)
     except AexpError as e:
         return _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:   # Ctrl-C outside the training loop's own handling
+        print("aexp: error: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:        # the file system or the network: a folder under a file, a full
+        where = f" ({e.filename})" if e.filename else ""   # disk, a port in use
+        return _fail(f"{e.strerror or e}{where}")
+    finally:
+        if trusting:
+            os.environ.pop(TRUST_ENV) if before is None else os.environ.update({TRUST_ENV: before})
 
 
 if __name__ == "__main__":

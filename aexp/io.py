@@ -1,11 +1,16 @@
 """Files a run folder is made of: atomic writes (temp file, fsync, rename), the per-epoch
-`metrics.csv` (rewritten whole each epoch, so a kill never leaves half a row), the flattening of
-nested reports into dotted keys, and the cache folder shared by classifiers and decoded images."""
+`metrics.csv` (rewritten whole each epoch, so a kill never leaves half a row), the folder lock
+(one run per folder at a time), the flattening of nested reports into dotted keys, and the cache
+folder shared by classifiers and decoded images."""
+import contextlib
 import csv
+import fcntl
 import io
 import os
 import tempfile
 from pathlib import Path
+
+from aexp.errors import AexpError
 
 
 def _umask() -> int:
@@ -78,3 +83,43 @@ def cache_root(override=None) -> Path:
     """Where aexp keeps what it can rebuild (decoded image folders, evaluation classifiers):
     `override` when given, else $AEXP_CACHE, else ~/.cache/aexp."""
     return Path(override or os.environ.get("AEXP_CACHE") or Path.home() / ".cache" / "aexp").expanduser()
+
+
+LOCK = ".lock"
+_held: dict[str, int] = {}   # folders this process holds: re-entrant within one process
+
+
+class FolderBusy(AexpError):
+    """Another process holds the run folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive lock on a run folder (`.lock` in it, flock): a second process asking
+    for it is refused in one line naming the holder's pid. The kernel releases the lock when its
+    process ends in any way, SIGKILL included, so no stale lock outlives a run."""
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _held:
+        yield
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise FolderBusy(f"cannot use the run folder {folder}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FolderBusy(f"{folder} is in use by another aexp run (pid {holder}); wait for it to "
+                         f"end or choose another folder (hydra.run.dir)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = fd
+    try:
+        yield
+    finally:
+        del _held[key]
+        os.close(fd)   # releases the lock

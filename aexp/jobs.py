@@ -3,6 +3,7 @@ when its folder already holds the finished run (so re-running a multirun only do
 jobs), pin it to a GPU when several jobs share a multi-GPU machine, train (`run.train`), evaluate
 the run folder (`report.evaluate`, when `eval.enabled`), mark it finished, and return the value a
 sweeper (Optuna) optimises."""
+import contextlib
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 
 from aexp.build import check_config, load_run
 from aexp.errors import AexpError, ConfigError
-from aexp.io import atomic_write, flatten, read_csv
+from aexp.io import atomic_write, flatten, folder_lock, read_csv
 from aexp.report import evaluate
 from aexp.run import distributed
 from aexp.run.train import console, train
@@ -35,8 +36,16 @@ def finished(cfg, run_dir: Path) -> dict | None:
     path = Path(run_dir) / MARKER
     if not path.is_file():
         return None
-    record, now = json.loads(path.read_text()), _comparable(cfg)
-    then = record.get("config", {})
+    try:
+        record = json.loads(path.read_text())
+        then = record["config"]
+        if not isinstance(then, dict):
+            raise TypeError(then)
+    except (ValueError, KeyError, TypeError, OSError):   # empty or cut: written by no finished run
+        console.print(f"[yellow]aexp: warning: {path} is unreadable; the run counts as not finished[/]")
+        path.unlink(missing_ok=True)
+        return None
+    now = _comparable(cfg)
     if _without_epochs(then) == _without_epochs(now) and now["train"]["epochs"] > then["train"]["epochs"]:
         path.unlink()   # the same run asked to go on for more epochs: not finished any more
         return None
@@ -86,6 +95,12 @@ def run_job(cfg, run_dir: Path, job_num: int | None = None, overrides: list[str]
     `overrides` (the command line's) are kept in checkpoints, for `resume=`."""
     run_dir = Path(run_dir)
     check_config(cfg)   # every value, before anything is loaded or trained
+    # one run per folder at a time (rank 0 holds it for every rank of a torchrun)
+    with folder_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
+        return _run_job(cfg, run_dir, job_num, overrides)
+
+
+def _run_job(cfg, run_dir: Path, job_num: int | None, overrides) -> float:
     if finished(cfg, run_dir):
         if distributed.is_main():
             console.print(f"[bold]aexp[/] {run_dir} already holds this finished run: skipped")

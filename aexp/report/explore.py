@@ -45,6 +45,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.points < 1 or args.max_mb <= 0 or args.grid < 0 or args.max_epochs < 1:
         raise ConfigError("--points, --max-mb and --max-epochs must be positive, --grid not negative")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {args.port}")
 
     run = load_run(args.run_dir, which=args.checkpoint, device=args.device)
     payload = build_payload(run, args)
@@ -228,13 +230,22 @@ def serve(path: Path, port: int) -> None:
 
     class Page(BaseHTTPRequestHandler):
         def do_GET(self):
+            # Only pages asked for by this machine's name: a page elsewhere that makes the browser
+            # look up its own name as 127.0.0.1 (DNS rebinding) sends its own Host and gets nothing.
+            host = self.headers.get("Host", "").rsplit(":", 1)[0].strip("[]")
+            if host not in ("127.0.0.1", "localhost"):
+                self.send_error(421, "this server answers to 127.0.0.1 and localhost only")
+                return
             ok = self.path in ("/", "/explorer.html", f"/{path.name}")
-            self.send_response(200 if ok else 404)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body) if ok else 0))
-            self.end_headers()
-            if ok:
-                self.wfile.write(body)
+            try:
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body) if ok else 0))
+                self.end_headers()
+                if ok:
+                    self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass   # the browser went away mid-page: nothing to answer
 
         def log_message(self, *args):
             pass

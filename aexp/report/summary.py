@@ -23,18 +23,43 @@ def job_dirs(sweep: Path) -> list[Path]:
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
+def read_yaml(path: Path, kind: type = dict):
+    """A run folder's YAML file as plain data of `kind`, interpolations left as text (a folder
+    may come from anyone: nothing in it is evaluated); an empty `kind` when missing or unreadable."""
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:   # missing, not YAML, not a mapping or list
+        return kind()
+    return data if isinstance(data, kind) else kind()
+
+
 def overrides(job: Path) -> dict:
-    path = job / ".hydra" / "overrides.yaml"
-    items = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
-    return dict(item.split("=", 1) for item in items if "=" in item)
+    items = read_yaml(job / ".hydra" / "overrides.yaml", list)
+    return dict(str(item).split("=", 1) for item in items if "=" in str(item))
+
+
+def read_rows(job: Path) -> list[dict]:
+    """metrics.csv's rows when it is one (an `epoch` number in every row), else none."""
+    try:
+        rows = read_csv(job / "metrics.csv")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return []
+    return rows if all(isinstance(r.get("epoch"), int) for r in rows) else []
+
+
+def read_report(job: Path) -> dict:
+    try:
+        report = json.loads((job / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def job_row(job: Path) -> tuple[dict, list[dict], dict]:
     """(table row, metrics rows, eval report) of one job folder."""
-    rows = read_csv(job / "metrics.csv") if (job / "metrics.csv").is_file() else []
-    report = json.loads((job / "eval.json").read_text()) if (job / "eval.json").is_file() else {}
-    cfg_path = job / ".hydra" / "config.yaml"
-    epochs = OmegaConf.load(cfg_path).get("train", {}).get("epochs") if cfg_path.is_file() else None
+    rows, report = read_rows(job), read_report(job)
+    epochs = (read_yaml(job / ".hydra" / "config.yaml").get("train") or {}).get("epochs")
+    epochs = epochs if isinstance(epochs, int) else None
     if (job / "FAILED").is_file():
         status = "failed"
         note = (job / "FAILED").read_text().strip().splitlines()[:1]
@@ -183,12 +208,12 @@ def best_trial(sweep_dir: Path) -> tuple[Path | None, dict] | None:
     results = sweep_dir / "optimization_results.yaml"
     if not results.is_file():
         return None
-    best = OmegaConf.to_container(OmegaConf.load(results))
-    for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        given = dict(o.split("=", 1) for o in OmegaConf.load(overrides) if "=" in o)
+    best = read_yaml(results)
+    for path in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        given = overrides(path.parent.parent)
         params = best.get("best_params") or {}
         if params and all(k in given and _same(given[k], v) for k, v in params.items()):
-            return overrides.parent.parent, best
+            return path.parent.parent, best
     return None, best
 
 
@@ -205,10 +230,10 @@ def describe_best(sweep_dir: Path) -> tuple[Path | None, str] | None:
     job = folder or next((p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/hydra.yaml")), None)
     metric, direction, study = "objective", "", ""
     if job is not None:
-        goal = OmegaConf.load(job / ".hydra" / "config.yaml").get("objective") or {}
+        goal = read_yaml(job / ".hydra" / "config.yaml").get("objective") or {}
         reduce = goal.get("reduce", "last")
-        metric = goal.get("metric", metric) + (f" ({reduce} over epochs)" if reduce != "last" else "")
-        sweeper = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.sweeper
+        metric = str(goal.get("metric", metric)) + (f" ({reduce} over epochs)" if reduce != "last" else "")
+        sweeper = (read_yaml(job / ".hydra" / "hydra.yaml").get("hydra") or {}).get("sweeper") or {}
         direction, study = f", {sweeper.get('direction')}d", f" of study {sweeper.get('study_name')}"
     where = f"job {folder.name}" if folder else "a trial run in an earlier invocation (not in this folder)"
     value = result["best_value"]

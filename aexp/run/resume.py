@@ -12,7 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from aexp import checkpoint
-from aexp.build import upgrade
+from aexp import trust
+from aexp.build import allowed_targets, upgrade
 from aexp.errors import CheckpointError, ConfigError
 
 # Config keys a resumed run may change: where it continues from, how long it goes on, where.
@@ -48,7 +49,9 @@ def argv_for(argv: list[str]) -> list[str]:
         raise CheckpointError(f"resume={value}: no such run folder")
     if any(a in ("-m", "--multirun") for a in argv):
         raise ConfigError("resume= continues one run; it cannot be combined with -m/--multirun")
-    merged = [*_saved_overrides(folder), *argv]
+    saved = _saved_overrides(folder)
+    trust.check_overrides(saved, allowed_targets(), folder)   # a folder may come from anyone
+    merged = [*saved, *argv]
     last = {_key(a): i for i, a in enumerate(merged)}
     merged = [a for i, a in enumerate(merged) if a.startswith("-") or last[_key(a)] == i]
     if "hydra.run.dir" not in last:
@@ -58,12 +61,21 @@ def argv_for(argv: list[str]) -> list[str]:
 
 def _saved_overrides(folder: Path) -> list[str]:
     ckpt = folder / "checkpoints" / "last.pt"
+    saved, source = None, ckpt
     if ckpt.is_file():
         saved = checkpoint.load(ckpt).get("overrides")
-        if saved is not None:
-            return list(saved)
     hydra_file = folder / ".hydra" / "overrides.yaml"
-    return list(OmegaConf.load(hydra_file)) if hydra_file.is_file() else []
+    if saved is None and hydra_file.is_file():
+        source = hydra_file
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(hydra_file))
+        except Exception as e:
+            raise CheckpointError(f"cannot read {hydra_file}: {str(e).strip().splitlines()[0][:200]}") from None
+    if saved is None:
+        return []
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        raise CheckpointError(f"{source}: the stored overrides are not a list of strings")
+    return saved
 
 
 def _key(override: str) -> str:

@@ -178,9 +178,10 @@ def epoch_means(ep: EpochProgress, watch, epoch: int, last_pt: Path) -> dict:
         raise TrainingDiverged(
             f"loss is not finite at epoch {epoch}, step {first_bad[0]} "
             f"({faults.describe_terms(first_bad[1])}); the last good checkpoint is "
-            f"{last_pt if last_pt.is_file() else 'none (no epoch finished)'}")
+            f"{last_good(last_pt)}")
     if ep.seen == 0:
-        raise TrainingDiverged(f"every batch of epoch {epoch} had a non-finite loss")
+        raise TrainingDiverged(f"every batch of epoch {epoch} had a non-finite loss; the last "
+                               f"good checkpoint is {last_good(last_pt)}")
     sums = distributed.all_sum(ep.sums)
     return {k: float(v) / ep.seen for k, v in sums.items()}
 
@@ -189,7 +190,12 @@ def check_finite(train_terms: dict, val_terms: dict, epoch: int, last_pt: Path) 
     bad = {k: v for k, v in {**train_terms, **val_terms}.items() if not np.isfinite(v)}
     if bad:
         raise TrainingDiverged(f"loss is not finite at the end of epoch {epoch} "
-                               f"({faults.describe_terms(bad)}); the last good checkpoint is {last_pt}")
+                               f"({faults.describe_terms(bad)}); the last good checkpoint is "
+                               f"{last_good(last_pt)}")
+
+
+def last_good(last_pt: Path) -> str:
+    return str(last_pt) if last_pt.is_file() else "none (no epoch finished)"
 
 
 def epoch_row(epoch: int, train_terms: dict, val_terms: dict, skipped: int | None) -> dict:
