@@ -16,7 +16,7 @@ LAYERS = [
     ("aexp.run", "aexp.report"),
     ("aexp.build",),
     ("aexp.data", "aexp.models", "aexp.losses"),
-    ("aexp.io", "aexp.checkpoint", "aexp.draw", "aexp.errors", "aexp"),
+    ("aexp.io", "aexp.checkpoint", "aexp.draw", "aexp.errors", "aexp.trust", "aexp"),
 ]
 # Only the command table imports aexp modules inside functions: `aexp render` and the other
 # argparse commands start without torch and Hydra, which `aexp.build` brings.
