@@ -1,5 +1,6 @@
 """User-facing errors: each becomes one clear line on stderr and an exit code (2 unless the
 class says otherwise), with no traceback."""
+import argparse
 
 
 class AexpError(Exception):
@@ -46,3 +47,15 @@ def unwrap(exc: BaseException) -> BaseException:
             return seen
         seen = seen.__cause__ or seen.__context__
     return exc
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands, whose usage errors (an unknown option, a bad value) are one
+    line and exit code 2 like every other refusal, not a usage block; `--help` is unchanged."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class UsageError(AexpError):
+    """A command's arguments that argparse refuses."""

@@ -42,7 +42,8 @@ def finished(cfg, run_dir: Path) -> dict | None:
         if not isinstance(then, dict):
             raise TypeError(then)
     except (ValueError, KeyError, TypeError, OSError):   # empty or cut: written by no finished run
-        console.print(f"[yellow]aexp: warning: {path} is unreadable; the run counts as not finished[/]")
+        console.print(f"[yellow]aexp: warning: {path} is unreadable; the run counts as not finished[/]",
+                      soft_wrap=True)
         path.unlink(missing_ok=True)
         return None
     now = _comparable(cfg)
@@ -125,7 +126,7 @@ def evaluate_run(cfg, run_dir: Path) -> None:
         run = load_run(run_dir, which=str(ev.checkpoint), device=str(cfg.device))
         report = evaluate.evaluate(run, ev, log=console.log, pictures=bool(ev.pictures))
     except AexpError as e:
-        console.print(f"[yellow]aexp: warning: evaluation failed: {e}[/]")
+        console.print(f"[yellow]aexp: warning: evaluation failed: {e}[/]", soft_wrap=True)
         return
     console.print(f"[bold]eval[/] {len(report.get('pictures', []))} pictures and eval.json in {run_dir} "
                   f"({report['eval_seconds']:.1f}s)")

@@ -1,6 +1,8 @@
 """Bad input of every kind (config, data, checkpoint, render) is refused with one clear line and
 exit code 2, before any training. The table runs the CLI's `main` in-process (fast); a few cases
 go through the real entry point in a subprocess, as a user would meet them."""
+import contextlib
+import io
 import os
 
 import numpy as np
@@ -11,6 +13,7 @@ from PIL import Image
 from aexp import checkpoint
 from aexp.errors import CheckpointError
 from aexp.build import load_run
+from aexp.cli import main
 from conftest import aexp, make_mnist, run_cli
 
 SMALL = ["train.epochs=1", "frames.enabled=false", "dataset.n_train=100", "dataset.n_val=20",
@@ -43,6 +46,11 @@ def files(tmp_path_factory):
     ok.mkdir(parents=True)
     Image.new("RGB", (40, 30)).save(ok / "epoch_0000.png")
     (root / "a_file").write_text("not a folder")
+    (root / "sweep" / "0" / ".hydra").mkdir(parents=True)
+    (root / "sweep" / "0" / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=0.01\n")
+    (root / "sweep" / "0" / "metrics.csv").write_text("epoch,train_loss,val_loss\n1,0.5,0.4\n")
+    with contextlib.redirect_stderr(io.StringIO()):   # a finished run to point commands at
+        assert main(["train", *SMALL, f"hydra.run.dir={root / 'good'}", "eval.enabled=false"]) == 0
     return root
 
 
@@ -87,21 +95,131 @@ CASES = [
     (["render", "{r}/sizes"], "have different sizes: 40x30, 50x30"),
     (["render", "{r}/ok", "--out", "{r}/a_file/latent.mp4"], "cannot write {r}/a_file/latent.mp4"),
     (["render", "{r}/ok", "--fps", "0"], "--fps must be positive"),
+    (["render", "{r}/ok", "--fps", "-1"], "--fps must be positive"),
+    (["render", "{r}/ok", "--fps", "x"], "argument --fps: invalid float value: 'x'"),
+    (["render", "{r}/a_file"], "no such folder: {r}/a_file"),
+    (["render"], "the following arguments are required: run_dir"),
+    # settings refused before any data is loaded, by their documented choices and bounds
+    (["train", "device=banana"], "device must be auto, cpu, cuda or cuda:N, got 'banana'"),
+    (["train", "optimizer.lr=inf"], "optimizer.lr must be a positive number, got inf"),
+    (["train", "optimizer.lr=nan"], "optimizer.lr must be a positive number, got nan"),
+    (["train", "optimizer=sgd", "optimizer.lr=0"], "optimizer.lr must be a positive number, got 0"),
+    (["train", "model=mlp", "model.hidden=[a,b]"], "cannot build aexp.models.dense.MLP: Error in call to "
+     "target 'aexp.models.dense.MLP': TypeError"),
+    (["train", "objective.reduce=bogus"], "objective.reduce must be one of last, min, max, got 'bogus'"),
+    (["train", "objective.metric=val_los"], "objective.metric=val_los is not a metrics.csv column"),
+    (["train", "eval.enabled=false", "objective.metric=reconstruction.psnr"],
+     "objective.metric=reconstruction.psnr is not a metrics.csv column"),
+    (["train", "eval.checkpoint=newest"], "eval.checkpoint must be one of best, last, got 'newest'"),
+    (["train", "eval.likelihood=bogus"], "eval.likelihood must be one of bernoulli, gaussian"),
+    (["train", "eval.nll_batch=0"], "eval.nll_batch must be at least 1, got 0"),
+    (["train", "eval.nll_samples=-1"], "eval.nll_samples must be at least 0, got -1"),
+    (["train", "lr_find.stop_factor=0.5"], "lr_find.stop_factor must be above 1, got 0.5"),
+    (["train", "lr_find.smoothing=1.5"], "lr_find.smoothing must be in [0, 1), got 1.5"),
+    (["train", "train.precision=fp8"], "train.precision must be one of auto, fp32, bf16, got 'fp8'"),
+    (["train", "train.grad_clip=-1"], "train.grad_clip must be a positive number (or null), got -1"),
+    (["train", "train.max_steps=0"], "train.max_steps must be at least 1, got 0"),
+    (["train", "train.threads=0"], "train.threads must be at least 1, got 0"),
+    (["train", "train.eval_batch_size=0"], "train.eval_batch_size must be at least 1, got 0"),
+    (["train", "train.skip_nonfinite=maybe"], "train.skip_nonfinite must be true or false"),
+    (["train", "train.compile=2"], "train.compile must be true or false, got 2"),
+    (["train", "train.progressive=[{size: 16}]"], "train.progressive stages need a size and epochs >= 1"),
+    (["train", "train.progressive=[{size: 16, epochs: x}]"], "train.progressive stages need a size"),
+    (["train", "frames.size=8"], "frames.size must be at least 16, got 8"),
+    (["train", "frames.every=0"], "frames.every must be at least 1, got 0"),
+    (["train", "frames.probe_size=0"], "frames.probe_size must be at least 1, got 0"),
+    (["train", "+eval.bogus=1"], "unknown config key eval.bogus"),
+    (["train", "+frames.sise=100"], "unknown config key frames.sise (did you mean frames.size?)"),
+    (["train", "seed=abc"], "seed must be an integer, got 'abc'"),
+    # group options refused by their own constructors, before training
+    (["train", "corruption=dropout", "corruption.p=1.5"], "corruption.p must be in [0, 1), got 1.5"),
+    (["train", "corruption=gaussian", "corruption.sigma=-1"], "corruption.sigma must be at least 0"),
+    (["train", "corruption=mask"], "corruption=mask needs image inputs"),
+    (["train", "task.normalize=bogus"], "task.normalize must be one of unit, none, standard"),
+    (["train", "dataset.encoding=bogus"], "dataset.encoding must be one of rgb, hsv, lab"),
+    (["train", "model=mlp", "loss=vae"], "needs a VAE"),
+    (["train", "model=conv"], "ConvAE needs images (C, H, W)"),
+    (["train", "model=resnet"], "resnet model needs images (C, H, W)"),
+    (["train", "model=mlp", "model.activation=[relu,relu]", "model.hidden=[8]"],
+     "model.activation lists 2 activations for 1 hidden layers"),
+    (["train", "loss=triplet_label"], "needs a dataset with class labels"),
+    (["train", "loss=perceptual"], "perceptual loss needs exactly one feature network"),
+    (["train", "loss=perceptual", "loss.terms.perceptual.weights={r}/nowhere.pt"],
+     "perceptual loss: no such weights file"),
+    # data
+    (["train", "dataset=image_folder", "dataset.root={r}/nowhere"], "image folder not found"),
+    (["train", "dataset=image_folder", "dataset.root={r}/empty_run"], "is empty"),
+    (["train", "dataset=cifar10", "dataset.root={r}/nowhere", "dataset.download=false"],
+     "CIFAR-10 not found"),
+    (["train", "dataset=fashion_mnist", "dataset.root={r}/nowhere", "dataset.download=false"],
+     "FashionMNIST not found"),
+    (["train", "dataset=digits", "model=mlp", "dataset.test_size=5000"], "leaves an empty split"),
+    # the run folder itself
+    (["train", "hydra.run.dir={r}/a_file/run"], "cannot use the run folder {r}/a_file/run"),
+    (["train", "resume={r}/a_file"], "resume={r}/a_file: no such run folder"),
+    (["train", "resume={r}/good", "model.latent_dim=3"], "already holds a finished run of a different config"),
+    # lr-find: the same checks, before any step
+    (["lr-find", "device=banana"], "device must be auto, cpu, cuda or cuda:N"),
+    (["lr-find", "lr_find.start=20"], "lr_find needs 0 < start < end, got start=20"),
+    (["lr-find", "lr_find.steps=5"], "lr_find.steps must be at least 10, got 5"),
+    (["lr-find", "lr_find.stop_factor=1"], "lr_find.stop_factor must be above 1, got 1"),
+    (["lr-find", "+lr_find.bogus=1"], "unknown config key lr_find.bogus"),
+    (["lr-find", "train.batch_size=0"], "train.batch_size must be at least 1, got 0"),
+    (["lr-find", "model=conv"], "ConvAE needs images (C, H, W)"),
+    (["lr-find", "model=nosuch"], "Could not find 'model/nosuch'"),
+    # eval
+    (["eval", "{r}/missing"], "no such run folder: {r}/missing"),
+    (["eval", "{r}/a_file"], "no such run folder: {r}/a_file"),
+    (["eval", "{r}/nockpt"], "checkpoint not found"),
+    (["eval", "{r}/truncated", "--checkpoint", "last"], "cannot load checkpoint"),
+    (["eval", "{r}/foreign", "--checkpoint", "last"], "is not an aexp checkpoint"),
+    (["eval", "{r}/good", "--checkpoint", "newest"], "argument --checkpoint: invalid choice: 'newest'"),
+    (["eval", "{r}/good", "--nll-samples", "x"], "argument --nll-samples: invalid int value: 'x'"),
+    (["eval", "{r}/good", "--device", "banana"], "device must be auto, cpu, cuda or cuda:N"),
+    (["eval", "{r}/good", "--bogus"], "unrecognized arguments: --bogus"),
+    (["eval"], "the following arguments are required: run_dir"),
+    # explore
+    (["explore", "{r}/missing"], "no such run folder: {r}/missing"),
+    (["explore", "{r}/nockpt"], "checkpoint not found"),
+    (["explore", "{r}/good", "--points", "0"], "--points, --max-mb and --max-epochs must be positive"),
+    (["explore", "{r}/good", "--max-mb", "-1"], "--points, --max-mb and --max-epochs must be positive"),
+    (["explore", "{r}/good", "--serve", "--port", "99999"], "--port must be 0..65535, got 99999"),
+    (["explore", "{r}/good", "--projection", "bogus"], "unknown projection 'bogus'"),
+    (["explore", "{r}/good", "--projection", "tsne", "--points", "3"], "t-SNE needs at least 5 points"),
+    (["explore", "{r}/good", "--checkpoint", "newest"], "checkpoint not found"),
+    (["explore", "{r}/good", "--out", "{r}/a_file/page.html"], "Not a directory"),
+    (["explore", "{r}/good", "--points", "x"], "argument --points: invalid int value: 'x'"),
+    # summary
+    (["summary", "{r}/missing"], "no such folder: {r}/missing"),
+    (["summary", "{r}/empty_run"], "holds no job folders"),
+    (["summary", "{r}/sweep", "--metric", "nope"], "--metric nope is not a column of the summary"),
+    (["summary", "{r}/sweep", "--out", "{r}/a_file/out"], "{r}/a_file/out"),
+    (["summary"], "the following arguments are required: sweep_dir"),
+    # the command itself
+    (["bogus"], "unknown command 'bogus'"),
+    (["--bogus"], "unknown command '--bogus'"),
 ]
+
+
+def test_the_table_covers_every_command():
+    assert len(CASES) >= 100
+    assert {a[0] for a, _ in CASES} >= {"train", "lr-find", "render", "eval", "summary", "explore"}
 
 
 @pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")   # restored afterwards: main sets it
-    args = [a.format(r=files) for a in args]
-    if args[0] == "train":
-        small = SMALL[:2] if "dataset=mnist" in args else SMALL
-        args = [*args[:1], *small, *args[1:], f"hydra.run.dir={tmp_path / 'run'}",
-                f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    args = [a.replace("{r}", str(files)) for a in args]
+    if args[0] in ("train", "lr-find"):
+        small = SMALL[:2] if any(a.startswith("dataset=") for a in args) else SMALL
+        where = [] if any(a.startswith(("hydra.run.dir=", "resume=")) for a in args) else [
+            f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+        args = [*args[:1], *small, *args[1:], *where]
     code, err = run_cli(args, capsys)
-    lines = [ln for ln in err.splitlines() if ln.startswith("aexp: error:")]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2, err
-    assert len(lines) == 1 and message.format(r=files) in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith("aexp: error: "), err    # one line, nothing else
+    assert message.replace("{r}", str(files)) in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()    # refused before any work
 

@@ -8,7 +8,6 @@ What is measured depends on what the run is:
 - a VAE (its output extras carry `mu` and `logvar`): ELBO and importance-sampled NLL;
 - colourisation (`data.task.name == "colorize"`): accuracy of a,b within bounds and the curve;
 - labelled images: a cached small CNN's accuracy on the originals and on the predictions."""
-import argparse
 import json
 import math
 import time
@@ -18,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from aexp.build import check_values, conf_dir, load_run
+from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
 from aexp.report import classifier, measures
 from aexp.report.pictures import make_all
@@ -187,7 +187,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="aexp eval", description="Evaluate a run on its test split: "
+    ap = ArgumentParser(prog="aexp eval", description="Evaluate a run on its test split: "
                                  "eval.json, a table, and pictures in RUN_DIR/pictures/.")
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--checkpoint", choices=["best", "last"], help="which checkpoint (default: eval.checkpoint)")

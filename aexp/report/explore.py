@@ -7,7 +7,6 @@ sprites; the decoder's output over a grid of the visible plane (back-projected t
 and the probe latents the training run recorded every frame epoch (`frames/latents_XXXX.npy`),
 for the epoch slider. `--serve` serves the page on 127.0.0.1 for runs too large to pass around.
 """
-import argparse
 import base64
 import io
 import json
@@ -21,11 +20,11 @@ from PIL import Image
 
 from aexp import draw
 from aexp.build import load_run
-from aexp.errors import AexpError, ConfigError
+from aexp.errors import AexpError, ArgumentParser, ConfigError
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="aexp explore", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="aexp explore", description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", help="a run folder (with checkpoints/)")
     ap.add_argument("--out", help="where to write the page (default RUN_DIR/explorer.html)")
     ap.add_argument("--projection", default="auto", help="auto (raw 2-D latent, PCA above 2-D), "

@@ -1,12 +1,11 @@
 """Frames -> MP4 (H.264, yuv420p) or GIF, with imageio-ffmpeg's bundled ffmpeg.
 Imports neither torch nor Hydra, so `aexp render` starts fast."""
-import argparse
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from aexp.errors import RenderError
+from aexp.errors import ArgumentParser, RenderError
 
 
 def frame_paths(run_dir: Path) -> list[Path]:
@@ -99,7 +98,7 @@ def targets(path: Path) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="aexp render",
+    ap = ArgumentParser(prog="aexp render",
                                  description="Turn a run's per-epoch latent frames into a video.")
     ap.add_argument("run_dir", type=Path, help="run folder, or a multirun folder (renders each job)")
     ap.add_argument("--fps", type=float, default=10, help="frames per second (default 10)")

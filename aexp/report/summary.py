@@ -6,13 +6,12 @@ curves of all jobs (validation loss; colourisation accuracy-vs-bound when presen
 A job is `done` (finished all epochs), `incomplete` (no checkpoint, or fewer epochs than asked)
 or `failed` (a `FAILED` file, written when a multirun job raised a user error). No job is dropped.
 An Optuna search (hydra/sweeper=optuna) has its best trial found and named."""
-import argparse
 import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from aexp.errors import AexpError
+from aexp.errors import AexpError, ArgumentParser
 from aexp.io import flatten, read_csv, write_csv
 from aexp.report import plots
 
@@ -249,7 +248,7 @@ def _same(text: str, value) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="aexp summary", description="Summarise every job of a multirun: "
+    ap = ArgumentParser(prog="aexp summary", description="Summarise every job of a multirun: "
                                  "summary.csv, summary.md, a table, and plots across the sweep.")
     ap.add_argument("sweep_dir", type=Path, help="a multirun folder (multirun/<date>/<time>_<tag>)")
     ap.add_argument("--metric", default="best_val_loss",

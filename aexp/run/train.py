@@ -1,6 +1,7 @@
 """One training run, top to bottom: build the five config groups, then the epoch loop with
 validation, metrics, checkpoints and latent frames as plain function calls. Writes the run
 folder (metrics.csv, checkpoints/, frames/); evaluating it is the job's next step (aexp.jobs)."""
+import logging
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from aexp import checkpoint
 from aexp.build import build, build_parts, build_schedule, check_config, resolve_device, seed_everything
@@ -19,7 +21,32 @@ from aexp.run.frames import FrameWriter
 from aexp.run.resume import EpochProgress
 from aexp.run.schedules import per_batch
 
-console = Console(stderr=True, log_path=False)
+
+
+class RunConsole(Console):
+    """rich's console on stderr whose messages also go, as plain text, to the run's log file
+    (the file handlers Hydra gives the root logger: RUN_DIR/train.log). Not through `logging`
+    itself, whose console handler would print every line a second time."""
+
+    def print(self, *objects, **kwargs):
+        super().print(*objects, **kwargs)
+        self._to_log_file(objects)
+
+    def log(self, *objects, **kwargs):
+        super().log(*objects, **kwargs)
+        self._to_log_file(objects)
+
+    @staticmethod
+    def _to_log_file(objects) -> None:
+        files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+        text = " ".join(Text.from_markup(o).plain if isinstance(o, str) else str(o) for o in objects)
+        if files and text.strip():   # (the progress bar prints empty lines as it closes)
+            record = logging.LogRecord("aexp", logging.INFO, __file__, 0, text, None, None)
+            for handler in files:
+                handler.handle(record)
+
+
+console = RunConsole(stderr=True, log_path=False)
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
