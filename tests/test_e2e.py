@@ -4,7 +4,7 @@ import csv
 import torch
 
 from aexp.report.render import count_video_frames
-from conftest import aexp, make_mnist
+from conftest import aexp, make_mnist, run_cli
 
 
 def test_vae_on_tiny_mnist_then_render(tmp_path, tiny_mnist):
@@ -63,20 +63,20 @@ def test_multirun_gives_one_complete_folder_per_job(tmp_path):
     assert out.stdout.count("latent.mp4") == 2
 
 
-def test_cli_help_and_unknown_command():
+def test_cli_help_and_unknown_command(capsys):
     assert "train" in aexp("--help").stdout
     help_out = aexp("train", "--help").stdout
     assert "model: " in help_out and "dataset: " in help_out
-    bad = aexp("trian", check=False)
-    assert bad.returncode == 2 and "unknown command 'trian'" in bad.stderr
+    code, err = run_cli(["trian"], capsys)
+    assert code == 2 and "unknown command 'trian'" in err
 
 
-def test_missing_mnist_is_one_clear_line(tmp_path):
-    proc = aexp("train", "dataset=mnist", "model=mlp", f"dataset.root={tmp_path}", "dataset.download=false",
-                f"hydra.run.dir={tmp_path / 'run'}", check=False)
-    assert proc.returncode == 2
-    assert "train-images-idx3-ubyte.gz" in proc.stderr and str(tmp_path / "MNIST" / "raw") in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_missing_mnist_is_one_clear_line(tmp_path, capsys):
+    code, err = run_cli(["train", "dataset=mnist", "model=mlp", f"dataset.root={tmp_path}",
+                         "dataset.download=false", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 2
+    assert "train-images-idx3-ubyte.gz" in err and str(tmp_path / "MNIST" / "raw") in err
+    assert "Traceback" not in err
 
 
 def test_gzipped_mnist_is_extracted(tmp_path):

@@ -16,7 +16,7 @@ from aexp.data.tasks import Colorize
 from aexp.models import Autoencoder
 from aexp.report import classifier
 from aexp.report.evaluate import evaluate, settings
-from conftest import aexp, make_mnist
+from conftest import aexp, make_mnist, run_cli
 
 TINY = ("dataset=mnist", "dataset.val_size=20", "train.epochs=2", "train.batch_size=32",
         "frames.probe_size=20", "eval.tsne_points=60", "model.hidden=[32]")
@@ -62,12 +62,12 @@ def test_eval_of_a_tiny_vae(tmp_path, tiny_mnist):
         assert gif.n_frames > 10
 
 
-def test_eval_of_a_missing_run_is_one_line(tmp_path):
-    proc = aexp("eval", tmp_path / "nope", check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "aexp: error:" in proc.stderr
+def test_eval_of_a_missing_run_is_one_line(tmp_path, capsys):
+    code, err = run_cli(["eval", tmp_path / "nope"], capsys)
+    assert code == 2 and "Traceback" not in err and "aexp: error:" in err
 
 
-def test_summary_lists_done_and_failed_jobs(tmp_path, tiny_mnist):
+def test_summary_lists_done_and_failed_jobs(tmp_path, tiny_mnist, capsys):
     sweep = tmp_path / "sweep"
     # the linear colour model cannot take MNIST: job 1 fails, the sweep goes on
     proc = aexp("train", "-m", "model=mlp,linear", "model.latent_dim=8", *TINY, f"dataset.root={tiny_mnist}",
@@ -89,8 +89,8 @@ def test_summary_lists_done_and_failed_jobs(tmp_path, tiny_mnist):
     assert md.count("\n") == 2 + 3 and "| 1 | failed | linear |" in md
     for name in ("summary_val_loss_curves.png", "summary_eval.reconstruction.psnr_vs_model.png"):
         assert Image.open(sweep / name).width > 100
-    bad = aexp("summary", sweep, "--metric", "nope", check=False)
-    assert bad.returncode == 2 and "best_val_loss" in bad.stderr
+    code, err = run_cli(["summary", sweep, "--metric", "nope"], capsys)
+    assert code == 2 and "best_val_loss" in err
 
 
 def test_classifier_is_trained_once_and_cached(tmp_path):

@@ -2,6 +2,8 @@
 run is refused by eval, explore, resume and summary before anything is imported, and the file
 its payload would write never appears; `--trust` opens a run whose model is the user's own class.
 And one run per folder at a time: a second run into a busy folder is refused, naming the holder."""
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -15,7 +17,7 @@ from torch import nn
 
 from aexp import checkpoint
 from aexp.models import Autoencoder
-from conftest import ROOT, aexp, run_cli
+from conftest import ROOT, run_cli
 
 SMALL = ["dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16", "train.epochs=1",
          "frames.probe_size=16", "eval.enabled=false"]
@@ -41,8 +43,10 @@ class _Evil:
 
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
+    from aexp.cli import main
     run = tmp_path_factory.mktemp("trust") / "run"
-    aexp("train", *SMALL, f"hydra.run.dir={run}")
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main(["train", *SMALL, f"hydra.run.dir={run}"]) == 0
     return run
 
 
@@ -155,7 +159,8 @@ def test_trust_opens_a_run_of_the_users_own_model(tmp_path, capsys, monkeypatch)
     assert run_cli(["explore", run, "--points", "10"], capsys)[0] == 0
 
 
-def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_holder_frees_it(tmp_path):
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_holder_frees_it(tmp_path, capsys):
+    """The holder is another process; the second and third runs are this one (in-process)."""
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     holder = subprocess.Popen([sys.executable, "-m", "aexp.cli", "train", "train.epochs=400",
@@ -168,14 +173,13 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_holder_frees_it
             time.sleep(0.05)
         assert (run / "metrics.csv").is_file()
         before = (run / ".hydra" / "config.yaml").read_text()
-        second = aexp("train", "seed=1", "train.epochs=1", f"hydra.run.dir={run}", check=False)
-        assert second.returncode == 2
-        line = second.stderr.strip().splitlines()[-1]
-        assert line.startswith("aexp: error: ") and f"pid {holder.pid}" in line, second.stderr
+        code, err = run_cli(["train", "seed=1", "train.epochs=1", f"hydra.run.dir={run}"], capsys)
+        line = err.strip().splitlines()[-1]
+        assert code == 2 and line.startswith("aexp: error: ") and f"pid {holder.pid}" in line, err
         assert (run / ".hydra" / "config.yaml").read_text() == before   # nothing of it touched
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    third = aexp("train", "train.epochs=1", "resume=false", "frames.enabled=false", "eval.enabled=false",
-                 f"hydra.run.dir={run}", check=False)
-    assert third.returncode == 0, third.stderr[-800:]
+    code, err = run_cli(["train", "train.epochs=1", "resume=false", "frames.enabled=false",
+                         "eval.enabled=false", f"hydra.run.dir={run}"], capsys)
+    assert code == 0, err[-800:]
