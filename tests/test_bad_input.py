@@ -156,6 +156,7 @@ CASES = [
     (["train", "dataset=digits", "model=mlp", "dataset.test_size=5000"], "leaves an empty split"),
     # the run folder itself
     (["train", "hydra.run.dir={r}/a_file/run"], "cannot use the run folder {r}/a_file/run"),
+    (["train", "hydra.run.dir=/proc/aexp-run"], "cannot use the run folder /proc/aexp-run"),
     (["train", "resume={r}/a_file"], "resume={r}/a_file: no such run folder"),
     (["train", "resume={r}/good", "model.latent_dim=3"], "already holds a finished run of a different config"),
     # lr-find: the same checks, before any step

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -14,7 +15,7 @@ from aexp.cli import main as cli_main
 from aexp.errors import ConfigError
 from aexp.report.explore import main as explore_main
 from aexp.draw import PCA, TSNE, Raw, choose
-from conftest import ROOT, aexp, make_mnist
+from conftest import ROOT, aexp, make_mnist, run_cli
 
 
 def payload(html_path) -> dict:
@@ -142,9 +143,32 @@ def test_serve_on_localhost(mnist_run):
         assert url and url.startswith("http://127.0.0.1:")
         body = urllib.request.urlopen(url, timeout=30).read()
         assert body == (run / "explorer.html").read_bytes()
+        # another name for this machine (DNS rebinding) gets nothing
+        rebound = urllib.request.Request(url, headers={"Host": "attacker.example:80"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=30)
+        assert refused.value.code == 421
+        # a client that hangs up mid-page leaves the server serving
+        import socket
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert urllib.request.urlopen(url, timeout=30).read() == body
+        assert proc.poll() is None
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_on_a_port_in_use_is_one_line(mnist_run, capsys):
+    import socket
+    _, run = mnist_run
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, err = run_cli(["explore", run, "--serve", "--port", taken.getsockname()[1]], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("aexp: error: ") and "in use" in lines[0]
 
 
 # --- the page in a real browser -------------------------------------------------------------
