@@ -107,7 +107,8 @@ def check_objective(cfg) -> None:
     columns = ["epoch", "lr", "seconds", "train_seconds", "frame_seconds", "skipped_batches",
                *(f"{split}_{t}" for split in ("train", "val") for t in terms)]
     evaluated = bool(OmegaConf.select(cfg, "eval.enabled"))
-    if metric in columns or (evaluated and (metric.startswith(EVAL_SECTIONS) or metric in EVAL_NUMBERS)):
+    parts = any(metric.startswith(f"{split}_{t}_") for split in ("train", "val") for t in terms)
+    if metric in columns or parts or (evaluated and (metric.startswith(EVAL_SECTIONS) or metric in EVAL_NUMBERS)):
         return
     more = f", or an eval.json number ({', '.join(s + '*' for s in EVAL_SECTIONS)})" if evaluated else ""
     raise ConfigError(f"objective.metric={metric} is not a metrics.csv column of this run "
@@ -189,16 +190,20 @@ def build(node, **kwargs):
         raise ConfigError(f"cannot build {node.get('_target_', '?')}: {text}") from None
 
 
-def build_loss(node):
-    """The loss. A perceptual term that takes its features from another run (`features_run`)
-    gets that run's model, loaded here."""
+def build_loss(node, data_size: int | None = None):
+    """The loss. Terms that need more than their config get it here: a perceptual term taking
+    its features from another run (`features_run`) gets that run's model, a term whose
+    `dataset_size` is left null gets the training split's size (`data_size`)."""
     terms = node.get("terms") or {}
-    runs = {name: load_run(t.features_run, "best", device="cpu").model
-            for name, t in terms.items() if isinstance(t, DictConfig) and t.get("features_run")}
-    if not runs:
+    extra = {}
+    for name, t in terms.items():
+        if isinstance(t, DictConfig) and t.get("features_run"):
+            extra[name] = {"run_model": load_run(t.features_run, "best", device="cpu").model}
+        elif isinstance(t, DictConfig) and "dataset_size" in t and t.dataset_size is None and data_size:
+            extra[name] = {"dataset_size": data_size}
+    if not extra:
         return build(node)
-    built = {name: build(t, run_model=runs[name]) if name in runs else build(t)
-             for name, t in terms.items()}
+    built = {name: build(t, **extra.get(name, {})) for name, t in terms.items()}
     rest = {k: v for k, v in node.items() if k not in ("_target_", "terms")}
     return build(OmegaConf.create({"_target_": node._target_}), terms=built, **rest)
 
@@ -224,7 +229,7 @@ def build_parts(cfg, device) -> tuple:
         # 4-D weights stored NHWC: convolutions run 1.2-1.4x faster on CPU (oneDNN) and suit
         # tensor cores on GPU; a model without convolutions is unchanged
         model = model.to(memory_format=torch.channels_last)
-    return data, model, build_loss(cfg.loss)
+    return data, model, build_loss(cfg.loss, data_size=len(data.train))
 
 
 def allowed_targets() -> frozenset:

@@ -77,7 +77,7 @@ def _data(shapes, n=4):
 def compatible(model, net, loss, data, out_shape) -> bool:
     """What each loss needs, stated independently of the code under test."""
     variational = model in ("vae", "conv_vae")
-    if loss in ("vae", "vae_cb"):
+    if loss in ("vae", "vae_cb", "iwae", "btcvae"):     # a posterior mu, logvar
         return variational
     if loss == "contractive":
         return net.latent_dim <= 32      # the term's stated limit (max_latent)

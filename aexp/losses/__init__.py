@@ -6,7 +6,8 @@ from aexp.losses.latent import (ColorTriplet, Contractive, GaussianKL, LabelTrip
                                 gaussian_kl, triplet_margin)
 from aexp.losses.perceptual import Perceptual
 from aexp.losses.recon import BCE, L1, MSE, ContinuousBernoulli, cb_log_norm
+from aexp.losses.variational import IWAE, MMD, TCDecomposition
 
 __all__ = ["REDUCTIONS", "Loss", "Term", "per_sample", "MSE", "L1", "BCE", "ContinuousBernoulli",
            "cb_log_norm", "GaussianKL", "gaussian_kl", "Sparsity", "Contractive", "ColorTriplet",
-           "LabelTriplet", "triplet_margin", "Perceptual"]
+           "LabelTriplet", "triplet_margin", "Perceptual", "IWAE", "TCDecomposition", "MMD"]

@@ -34,6 +34,11 @@ class Term:
         """The weight in a given epoch (1-based; None = after training). Constant by default."""
         return self.weight
 
+    def part_weight(self, part: str, epoch: int | None) -> float:
+        """A term that returns several named parts ({part: per-sample values}) weights each;
+        the term's weight by default."""
+        return self.weight_at(epoch)
+
     def __call__(self, out, x, y, model, reduction: str) -> torch.Tensor:
         raise NotImplementedError
 
@@ -54,12 +59,17 @@ class Loss:
         self.epoch = epoch
 
     def __call__(self, out, x, y, model, labels=None) -> dict:
-        """Return {'loss': weighted total, name: unweighted batch-mean value of each term}.
-        `x` is the model input, `y` the target, `labels` the class labels (when the data has
-        them)."""
-        values = {}
+        """Return {'loss': weighted total, name: unweighted batch-mean value of each term}; a term
+        of several parts gives one `name_part` value each. `x` is the model input, `y` the
+        target, `labels` the class labels (when the data has them)."""
+        values, weights = {}, {}
         for name, term in self.terms.items():
             extra = {"labels": labels} if term.uses_labels else {}
-            values[name] = term(out, x, y, model, self.reduction, **extra).mean()
-        values["loss"] = sum(self.terms[n].weight_at(self.epoch) * v for n, v in values.items())
+            value = term(out, x, y, model, self.reduction, **extra)
+            parts = value.items() if isinstance(value, dict) else [(None, value)]
+            for part, v in parts:
+                key = name if part is None else f"{name}_{part}"
+                values[key] = v.mean()
+                weights[key] = term.weight_at(self.epoch) if part is None else term.part_weight(part, self.epoch)
+        values["loss"] = sum(weights[n] * v for n, v in values.items())
         return values

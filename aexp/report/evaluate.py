@@ -9,7 +9,6 @@ What is measured depends on what the run is:
 - colourisation (`data.task.name == "colorize"`): accuracy of a,b within bounds and the curve;
 - labelled images: a cached small CNN's accuracy on the originals and on the predictions."""
 import json
-import math
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from omegaconf import OmegaConf
 from aexp.build import check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
+from aexp.losses.variational import decoder_log_prob
 from aexp.report import classifier, measures
 from aexp.report.pictures import make_all
 
@@ -80,14 +80,9 @@ def vae_likelihood(model, data, ev, device) -> dict:
         n = min(n, int(ev.nll_max_images))
     gen = torch.Generator(device=device).manual_seed(int(ev.seed))
     binarize = ev.likelihood == "bernoulli" and ev.binarize and data.kind == "image"
-    if ev.likelihood == "bernoulli":
-        log_px = lambda x, z: measures.bernoulli_log_prob(x, model.decode(z))
-    elif ev.likelihood == "gaussian":
-        s = float(ev.gaussian_sigma)
-        log_px = lambda x, z: measures.gaussian_log_prob(
-            x.flatten(1), model.decode(z).flatten(1), torch.full_like(x.flatten(1), 2 * math.log(s)))
-    else:   # build.check_config allows only the two
-        raise AssertionError(ev.likelihood)
+    # the decoder's likelihood (bernoulli or gaussian, checked by build) as the IWAE loss has it
+    likelihood = decoder_log_prob(str(ev.likelihood), float(ev.gaussian_sigma))
+    log_px = lambda x, z: likelihood(x, z, model.decode)
     nll, elbo = [], []
     for i in range(0, n, int(ev.nll_batch)):
         _, y = data.batch(data.test, torch.arange(i, min(i + int(ev.nll_batch), n), device=device))

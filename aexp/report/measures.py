@@ -7,6 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+# the log-densities and importance weights are the losses' own (IWAE trains through them)
+from aexp.losses.variational import (bernoulli_log_prob, gaussian_log_prob,  # noqa: F401
+                                     importance_log_weights)
+
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per sample (mean over pixels / channels)."""
@@ -58,38 +62,6 @@ def within_bound(pred: torch.Tensor, target: torch.Tensor, bounds) -> torch.Tens
     err = (pred - target).abs().flatten(1)
     b = torch.as_tensor(list(bounds), dtype=err.dtype, device=err.device)
     return (err.unsqueeze(-1) <= b).float().mean(1)
-
-
-def gaussian_log_prob(z: torch.Tensor, mu, logvar) -> torch.Tensor:
-    """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
-    return -0.5 * (((z - mu) ** 2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
-
-
-def bernoulli_log_prob(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """log p(x | p) of Bernoulli pixels, summed per sample (x in {0,1}, or [0,1] as a
-    cross-entropy); p is clamped away from 0 and 1 as BCE does."""
-    p = p.clamp(1e-7, 1 - 1e-7)
-    return (x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(1)
-
-
-def importance_log_weights(x, mu, logvar, decode_log_prob, k: int, chunk: int = 100,
-                           generator=None) -> torch.Tensor:
-    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x) = N(mu, σ²), with
-    p(z) = N(0, I); shape [N, k]. `decode_log_prob(x, z)` gives log p(x|z) per sample.
-    Drawn `chunk` samples at a time so memory stays at N·chunk decoder outputs."""
-    out = []
-    std = torch.exp(0.5 * logvar)
-    zero = torch.zeros_like(mu)
-    for start in range(0, k, chunk):
-        m = min(chunk, k - start)
-        eps = torch.randn((m, *mu.shape), device=mu.device, generator=generator)
-        z = mu + std * eps                                  # [m, N, D]
-        flat = z.reshape(-1, mu.shape[-1])
-        xs = x.unsqueeze(0).expand(m, *x.shape).reshape(-1, *x.shape[1:])
-        lw = (decode_log_prob(xs, flat).view(m, -1)
-              + gaussian_log_prob(z, zero, zero) - gaussian_log_prob(z, mu, logvar))
-        out.append(lw.T)
-    return torch.cat(out, 1)
 
 
 def nll_and_elbo(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

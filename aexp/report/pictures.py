@@ -132,7 +132,25 @@ def decoder_pictures(out, model, data, pred, seed) -> list[Path]:
     files.append(save(draw.grid(tiles, 8), out / "samples.png", tiles.shape[1]))
     if z.dim() == 2 and z.shape[1] == 2:
         files += latent_plane(out, model, data, z)
+    if z.dim() == 2 and len(z) > 1 and z.shape[1] <= TRAVERSE_MAX_DIM:
+        files.append(latent_traversal(out, model, data, z))
     return files + interpolations(out, model, data, pred, seed)
+
+
+TRAVERSE_MAX_DIM = 64   # wider codes (a conv AE's flattened feature map) have no units to read
+
+
+def latent_traversal(out, model, data, z, rows: int = 10, steps: int = 9) -> Path:
+    """The standard β-VAE picture: row d decodes the first test sample's code with unit d swept
+    from its mean - 3σ to mean + 3σ over the test codes, the other units fixed; first `rows` units."""
+    d = min(rows, z.shape[1])
+    mean, std = z.mean(0), z.std(0)
+    codes = z[0].repeat(d, steps, 1)
+    sweep = torch.linspace(-3, 3, steps)
+    for i in range(d):
+        codes[i, :, i] = mean[i] + sweep * std[i]
+    tiles = decode(model, codes.reshape(d * steps, -1), data)
+    return save(draw.grid(tiles, steps), out / "latent_traversal.png", tiles.shape[1])
 
 
 def decode(model, z: torch.Tensor, data) -> np.ndarray:
