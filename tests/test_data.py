@@ -11,7 +11,7 @@ from PIL import Image
 from aexp.data import Data
 from aexp.errors import ConfigError, DataError
 from aexp.build import build_parts
-from conftest import aexp, make_mnist
+from conftest import aexp, make_mnist, run_cli
 
 
 def load(compose_cfg, overrides, model="mlp") -> Data:
@@ -168,18 +168,18 @@ def test_image_folder_bad_options(tmp_path):
         image_folder(str(tmp_path / "p"), mode="cmyk")
 
 
-def test_cli_bad_folder_and_unfit_size_are_one_line(tmp_path):
+def test_cli_bad_folder_and_unfit_size_are_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = aexp("train", "dataset=image_folder", f"dataset.root={empty}", "model=mlp",
-                f"hydra.run.dir={tmp_path / 'run'}", check=False)
-    assert proc.returncode == 2 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    code, err = run_cli(["train", "dataset=image_folder", f"dataset.root={empty}", "model=mlp",
+                         f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 2 and "is empty" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     root = make_folder(tmp_path / "pics")   # a model made for 3-value colours cannot take 8x8 images
-    proc = aexp("train", "dataset=image_folder", f"dataset.root={root}", "dataset.size=8",
-                f"dataset.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run2'}", check=False)
-    assert proc.returncode == 2 and "expects 3 input features" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    code, err = run_cli(["train", "dataset=image_folder", f"dataset.root={root}", "dataset.size=8",
+                         f"dataset.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run2'}"], capsys)
+    assert code == 2 and "expects 3 input features" in err
+    assert "Traceback" not in err
 
 
 def test_colorize_on_an_image_folder_trains_end_to_end(tmp_path):

@@ -65,12 +65,12 @@ def _names_a_file(cfg, key: str) -> bool:
     return isinstance(OmegaConf.select(cfg, key, default=None), str)
 
 
-def test_pretrained_preset_without_its_weights_file_fails_in_one_line(tmp_path, stand_ins):
-    from conftest import aexp
-    proc = aexp("train", "+experiment=mnist32_resnet_pretrained", f"dataset.root={stand_ins['mnist']}",
-                "dataset.val_size=20", f"hydra.run.dir={tmp_path / 'run'}", check=False)
-    assert proc.returncode == 2
-    assert "model.weights: no such file" in proc.stderr
+def test_pretrained_preset_without_its_weights_file_fails_in_one_line(tmp_path, stand_ins, capsys):
+    from conftest import run_cli
+    code, err = run_cli(["train", "+experiment=mnist32_resnet_pretrained", f"dataset.root={stand_ins['mnist']}",
+                         "dataset.val_size=20", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 2
+    assert "model.weights: no such file" in err
 
 
 def test_mnist32_resizes_and_repeats_channels(stand_ins):

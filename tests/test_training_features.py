@@ -12,7 +12,7 @@ from aexp.models.pooling import PoolingCNN
 from aexp.models.resnet import ResNetAE
 from aexp.build import build
 from aexp.run.train import train
-from conftest import aexp, run_cli
+from conftest import run_cli
 
 SMALL = ["dataset.n_train=200", "dataset.n_val=50", "train.batch_size=64", "frames.enabled=false"]
 
@@ -126,11 +126,12 @@ def test_overcomplete_linear_autoencoder_learns_the_identity(compose_cfg):
     assert (product - eye).abs().max() < 0.05
 
 
-def test_lr_find_writes_plot_and_suggests_an_lr(tmp_path):
+def test_lr_find_writes_plot_and_suggests_an_lr(tmp_path, capsys):
+    from aexp.cli import main
     run = tmp_path / "lrf"
-    proc = aexp("lr-find", "dataset.n_train=300", "dataset.n_val=50", "lr_find.steps=40",
-                "lr_find.start=1e-5", "lr_find.end=1", f"hydra.run.dir={run}")
-    line = [l for l in proc.stdout.splitlines() if l.startswith("suggested lr:")]
+    assert main(["lr-find", "dataset.n_train=300", "dataset.n_val=50", "lr_find.steps=40",
+                 "lr_find.start=1e-5", "lr_find.end=1", f"hydra.run.dir={run}"]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("suggested lr:")]
     assert line and 1e-5 <= float(line[0].split(":")[1]) <= 1
     rows = list(csv.DictReader(open(run / "lr_find.csv")))
     assert 10 < len(rows) <= 40
