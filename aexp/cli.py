@@ -7,7 +7,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from aexp.errors import AexpError, Interrupted
+from aexp.errors import AexpError, FolderBusy, Interrupted
 
 TRUST_ENV = "AEXP_TRUST"   # aexp.trust reads it; not imported here, which would bring omegaconf
 
@@ -106,7 +106,8 @@ def _hydra(command: Command, argv: list[str]) -> int:
             status["code"] = max(status["code"], code)
             if not multirun or isinstance(e, Interrupted):
                 sys.exit(code)
-            (run_dir / "FAILED").write_text(f"{text}\n")  # the sweep goes on; the job is marked
+            if not isinstance(e, FolderBusy):   # a busy folder is another run's: left alone
+                (run_dir / "FAILED").write_text(f"{text}\n")  # the sweep goes on; the job is marked
 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

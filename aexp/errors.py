@@ -24,6 +24,10 @@ class RenderError(AexpError):
     """Frames that cannot be turned into a video."""
 
 
+class FolderBusy(AexpError):
+    """The run folder cannot be used: another process holds it, or it cannot be made."""
+
+
 class TrainingDiverged(AexpError):
     """The loss became NaN or infinite: not bad input, so a code of its own."""
     exit_code = 3

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from aexp.errors import AexpError
+from aexp.errors import FolderBusy
 
 
 def _umask() -> int:
@@ -87,10 +87,6 @@ def cache_root(override=None) -> Path:
 
 LOCK = ".lock"
 _held: dict[str, int] = {}   # folders this process holds: re-entrant within one process
-
-
-class FolderBusy(AexpError):
-    """Another process holds the run folder."""
 
 
 @contextlib.contextmanager
