@@ -13,7 +13,7 @@ from aexp.build import check_config, load_run
 from aexp.errors import AexpError, ConfigError
 from aexp.io import atomic_write, flatten, folder_lock, read_csv
 from aexp.report import evaluate
-from aexp.run import distributed
+from aexp.run import distributed, resume
 from aexp.run.train import console, train
 
 MARKER = "COMPLETED.json"
@@ -24,10 +24,6 @@ IGNORED = ("resume", "device", "objective")
 def _comparable(cfg) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     return {k: v for k, v in config.items() if k not in IGNORED}
-
-
-def _without_epochs(config: dict) -> dict:
-    return {**config, "train": {k: v for k, v in config.get("train", {}).items() if k != "epochs"}}
 
 
 def finished(cfg, run_dir: Path) -> dict | None:
@@ -47,10 +43,12 @@ def finished(cfg, run_dir: Path) -> dict | None:
         path.unlink(missing_ok=True)
         return None
     now = _comparable(cfg)
-    if _without_epochs(then) == _without_epochs(now) and now["train"]["epochs"] > then["train"]["epochs"]:
+    before = then.get("train", {}).get("epochs") if isinstance(then.get("train"), dict) else None
+    longer = isinstance(before, int) and now["train"]["epochs"] > before
+    if longer and not resume.differences(then, now, ("train.epochs",)):
         path.unlink()   # the same run asked to go on for more epochs: not finished any more
         return None
-    if then != now:
+    if resume.differences(then, now):   # (an option added since, at the run's value, is no change)
         raise ConfigError(f"{run_dir} already holds a finished run of a different config; "
                           f"choose another output folder (hydra.run.dir / hydra.sweep.dir)")
     return record

@@ -121,3 +121,41 @@ def test_presets_train_on_tiny_mnist(preset, tmp_path, tiny_mnist, capsys):
     assert set(expected) <= set(header), header
     if preset == "tour_btcvae":
         assert (run / "pictures" / "latent_traversal.png").is_file()
+
+
+# --- sample quality on the classifier's features (report/quality.py) --------------------------
+
+def _images(n, seed, noise=0.0):
+    """Blob images whose position carries the class, optionally with Gaussian noise added."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 12, 12, generator=g) * 0.2
+    for i in range(n):
+        r, c = divmod(i % 9, 3)
+        x[i, 0, 1 + 3 * r:4 + 3 * r, 1 + 3 * c:4 + 3 * c] = 0.9
+    return (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+def test_fid_and_kid_on_classifier_features():
+    from aexp.report import classifier, quality
+    torch.manual_seed(0)
+    features = quality.ClassifierFeatures(classifier.SmallCNN(1, 9))
+    real = _images(300, 0)
+    same = quality.fid_kid(features, real, real)
+    assert abs(same["fid_classifier"]) < 1e-3 and same["images"] == 300
+    other = quality.fid_kid(features, real, _images(300, 1))    # the same distribution, new draws
+    assert abs(other["kid_classifier"]) < 0.01
+    fids = [quality.fid_kid(features, real, _images(300, 1, noise))["fid_classifier"]
+            for noise in (0.0, 0.1, 0.3)]
+    assert fids[0] < fids[1] < fids[2], fids
+
+
+def test_eval_reports_quality_for_labelled_images(tmp_path, tiny_mnist, capsys):
+    run = tmp_path / "run"
+    code, err = run_cli(["train", "model=vae", "model.hidden=[32]", "dataset=mnist", f"dataset.root={tiny_mnist}",
+                         "dataset.val_size=20", "train.epochs=1", "frames.enabled=false", "eval.nll_samples=0",
+                         "eval.tsne=false", f"hydra.run.dir={run}"], capsys)
+    assert code == 0, err[-1500:]
+    import json
+    q = json.loads((run / "eval.json").read_text())["quality"]
+    assert set(q) == {"reconstruction", "samples", "test_vs_train"}
+    assert all(q[k]["fid_classifier"] >= 0 and q[k]["images"] == 40 for k in q)

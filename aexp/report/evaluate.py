@@ -19,8 +19,8 @@ from aexp.build import check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
 from aexp.losses.variational import decoder_log_prob
-from aexp.report import classifier, measures
-from aexp.report.pictures import make_all
+from aexp.report import classifier, measures, quality
+from aexp.report.pictures import fitted_samples, make_all
 
 CURVE_BOUNDS = [round(0.005 * i, 3) for i in range(51)]   # 0 .. 0.25, the accuracy-vs-bound curve
 
@@ -100,14 +100,16 @@ def vae_likelihood(model, data, ev, device) -> dict:
             "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form}
 
 
-def classifier_accuracy(run, pred, ev, log) -> dict | None:
+def classifier_accuracy(run, pred, ev, log) -> tuple[dict | None, dict | None]:
+    """(the classifier's accuracy on originals and on predictions, the FID/KID section on its
+    features when `eval.quality`), for labelled image data; (None, None) otherwise."""
     data = run.data
     if data.kind != "image" or data.train.y is None or data.test.y is None or not data.num_classes:
-        return None
+        return None, None
     test_orig = data.to_rgb(pred["x"], pred["y"])
     test_pred = data.to_rgb(pred["x"], pred["x_hat"].clamp(0, 1))
     if test_orig.dim() != 4:
-        return None
+        return None, None
     x_tr, y_tr = data.batch(data.train)
     train_view = data.to_rgb(x_tr, y_tr).float()
     ds_cfg = OmegaConf.to_container(run.cfg.dataset, resolve=True)
@@ -117,9 +119,22 @@ def classifier_accuracy(run, pred, ev, log) -> dict | None:
                                          int(ev.classifier.epochs), int(ev.seed), log)
     dev = run.device
     labels = pred["labels"].to(dev)
-    return {"accuracy_original": classifier.accuracy(model, test_orig.to(dev), labels),
-            "accuracy_reconstruction": classifier.accuracy(model, test_pred.to(dev), labels),
-            "cache": str(path), "from_cache": cached}
+    acc = {"accuracy_original": classifier.accuracy(model, test_orig.to(dev), labels),
+           "accuracy_reconstruction": classifier.accuracy(model, test_pred.to(dev), labels),
+           "cache": str(path), "from_cache": cached}
+    if not ev.get("quality", True):
+        return acc, None
+    samples = None
+    if data.task.name == "reconstruct":   # decoded samples: the prior for a VAE, else fitted
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(int(ev.seed))
+            z = pred["z"]
+            codes = (torch.randn(len(z), *z.shape[1:], generator=gen) if "mu" in pred
+                     else fitted_samples(z, len(z), gen))
+            decoded = torch.cat([run.model.decode(codes[i:i + 1000].to(dev)).float()
+                                 for i in range(0, len(codes), 1000)])
+            samples = data.to_rgb(None, decoded).to(dev)
+    return acc, quality.report(model, train_view.to(dev), test_orig.to(dev), test_pred.to(dev), samples)
 
 
 def latent_stats(pred: dict) -> dict:
@@ -156,9 +171,11 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
     if "mu" in pred and int(ev.nll_samples) > 0:
         report["vae"] = vae_likelihood(model, data, ev, run.device)
     if ev.classifier.enabled:
-        acc = classifier_accuracy(run, pred, ev, log)
+        acc, scores = classifier_accuracy(run, pred, ev, log)
         if acc:
             report["classifier"] = acc
+        if scores:
+            report["quality"] = scores
     if pictures:
         report["pictures"] = [str(p.relative_to(run.run_dir))
                               for p in make_all(run, pred, report, ev)]

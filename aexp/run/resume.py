@@ -27,6 +27,8 @@ ADDED_LATER = {
     # baseline32's code activation was always the stages' own activation
     "model.code_activation": (lambda saved, value: value in (None, saved.get("model.activation")),
                               "model.code_activation=null"),
+    # evaluation only: the training is the same either way
+    "eval.quality": (lambda saved, value: True, None),
 }
 
 
@@ -100,9 +102,7 @@ def check_same_config(saved: dict, current: dict, source: Path) -> None:
     """Exact resume needs the run's own config: refuse one that differs beyond MAY_CHANGE.
     Targets that moved since the run was saved count as the same (`build.upgrade`)."""
     a, b = _flat(upgrade(saved)), _flat(current)
-    diff = [k for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(MAY_CHANGE)
-            and not (k not in a and k in ADDED_LATER and ADDED_LATER[k][0](a, b[k]))]
+    diff = differences(saved, current, MAY_CHANGE)
     if diff:
         k = diff[0]
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
@@ -111,6 +111,16 @@ def check_same_config(saved: dict, current: dict, source: Path) -> None:
         raise ConfigError(f"cannot resume from {source}: the config differs at {k} (checkpoint "
                           f"{a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}){more}; {hint}, "
                           f"or resume=false to start over")
+
+
+def differences(saved: dict, current: dict, may_change=()) -> list[str]:
+    """Dotted keys where a saved config and the current one differ, beyond `may_change`; moved
+    targets are the same, and an option added after the run was saved is the same when its value
+    reproduces the run (ADDED_LATER)."""
+    a, b = _flat(upgrade(saved)), _flat(current)
+    return [k for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>") and not (may_change and k.startswith(may_change))
+            and not (k not in a and k in ADDED_LATER and ADDED_LATER[k][0](a, b[k]))]
 
 
 def _flat(d, prefix="") -> dict:
