@@ -50,6 +50,9 @@ def test_eval_of_a_tiny_vae(tmp_path, tiny_mnist):
     assert 0 < v["nll"] < 784 * 0.7 and v["elbo"] <= -v["nll"]
     c = rep["classifier"]
     assert 0 <= c["accuracy_original"] <= 1 and 0 <= c["accuracy_reconstruction"] <= 1
+    q = rep["quality"]          # FID / KID on the classifier's features (report/quality.py)
+    assert set(q) == {"reconstruction", "samples", "test_vs_train"}
+    assert all(q[k]["fid_classifier"] >= 0 and q[k]["images"] == 40 for k in q)
     assert c["from_cache"] is True                           # trained once, at the end of training
     lat = rep["latent"]
     assert lat["dim"] == 2 and len(lat["std"]) == 2 and lat["posterior_sigma_mean"] > 0
@@ -70,7 +73,8 @@ def test_eval_of_a_missing_run_is_one_line(tmp_path, capsys):
 def test_summary_lists_done_and_failed_jobs(tmp_path, tiny_mnist, capsys):
     sweep = tmp_path / "sweep"
     # the linear colour model cannot take MNIST: job 1 fails, the sweep goes on
-    proc = aexp("train", "-m", "model=mlp,linear", "model.latent_dim=8", *TINY, f"dataset.root={tiny_mnist}",
+    proc = aexp("train", "-m", "model=mlp,linear", "model.latent_dim=8", *TINY, "eval.quality=false",
+                f"dataset.root={tiny_mnist}",
                 f"hydra.sweep.dir={sweep}", check=False)
     assert proc.returncode == 2 and "3 input features" in proc.stderr
     assert (sweep / "1" / "FAILED").is_file()
