@@ -2,12 +2,14 @@
 overrides and go to the Hydra app (the only place that touches Hydra's globals); the other
 commands take argparse arguments. Commands are imported only when called, so `aexp render`
 starts without torch. User errors print one line and exit 2."""
+import contextlib
 import importlib
 import os
 import sys
 from typing import NamedTuple
 
 from aexp.errors import AexpError, FolderBusy, Interrupted
+from aexp.io import folder_lock
 
 TRUST_ENV = "AEXP_TRUST"   # aexp.trust reads it; not imported here, which would bring omegaconf
 
@@ -141,9 +143,6 @@ def _named_folder_lock(command: Command, args: list[str]):
     """A single `aexp train` into a folder named on the command line (hydra.run.dir=, which
     resume= sets) locks it before Hydra writes its .hydra/ files there, so a second run into a
     busy folder changes nothing in it. (Other runs are locked by their job, aexp.jobs.)"""
-    import contextlib
-
-    from aexp.io import folder_lock
     named = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
     if (command.name != "train" or not named or "${" in named[-1] or int(os.environ.get("RANK", "0"))
             or any(a in ("-m", "--multirun") for a in args)):
@@ -182,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({e.filename})" if e.filename else ""   # disk, a port in use
         return _fail(f"{e.strerror or e}{where}")
     finally:
-        if trusting:
-            os.environ.pop(TRUST_ENV) if before is None else os.environ.update({TRUST_ENV: before})
+        if trusting and before is None:
+            del os.environ[TRUST_ENV]
+        elif trusting:
+            os.environ[TRUST_ENV] = before
 
 
 if __name__ == "__main__":
