@@ -92,7 +92,7 @@ def check_config(cfg) -> None:
 
 
 # eval.json's sections and top-level numbers: what objective.metric may name besides a column
-EVAL_SECTIONS = ("reconstruction.", "latent.", "vae.", "colorization.", "classifier.")
+EVAL_SECTIONS = ("reconstruction.", "latent.", "vae.", "colorization.", "classifier.", "quality.")
 EVAL_NUMBERS = ("epoch", "n_test", "parameters", "train_seconds", "eval_seconds")
 
 
