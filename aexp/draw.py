@@ -62,13 +62,18 @@ def plane_points(bounds, n: int) -> np.ndarray:
 
 
 @torch.no_grad()
+def decode(model, z, batch: int = 1024) -> torch.Tensor:
+    """The decoder's float output for the codes `z` (any array), `batch` codes at a time, on the
+    model's device."""
+    dev = next(model.parameters()).device
+    z = torch.as_tensor(z, dtype=torch.float32)
+    return torch.cat([model.decode(z[i:i + batch].to(dev)).float() for i in range(0, len(z), batch)])
+
+
 def decoded(model, data, z, batch: int = 1024) -> np.ndarray:
     """The decoder's output for the codes `z` as uint8 tiles, shown the way the data shows itself
     (`Data.to_rgb`; a colourisation decoder's a,b over a mid-grey L)."""
-    dev = next(model.parameters()).device
-    z = torch.as_tensor(z, dtype=torch.float32)
-    out = torch.cat([model.decode(z[i:i + batch].to(dev)).float() for i in range(0, len(z), batch)])
-    return tiles(data.to_rgb(None, out))
+    return tiles(data.to_rgb(None, decode(model, z, batch)))
 
 
 class Raw:

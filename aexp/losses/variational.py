@@ -16,9 +16,14 @@ from aexp.losses.core import Term
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
+def gaussian_log_density(z: torch.Tensor, mu, logvar) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) per element (broadcasting)."""
+    return -0.5 * (((z - mu) ** 2) / logvar.exp() + logvar + math.log(2 * math.pi))
+
+
 def gaussian_log_prob(z: torch.Tensor, mu, logvar) -> torch.Tensor:
     """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
-    return -0.5 * (((z - mu) ** 2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
+    return gaussian_log_density(z, mu, logvar).sum(-1)
 
 
 def bernoulli_log_prob(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -110,8 +115,7 @@ class TCDecomposition(Term):
         log_qz_x = gaussian_log_prob(z, mu, logvar)                                  # [B]
         log_pz = gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
         # log q(z_i | x_j) per dimension, for every pair: [B, B, D]
-        pair = -0.5 * (((z[:, None] - mu[None]) ** 2) / logvar.exp()[None] + logvar[None]
-                       + math.log(2 * math.pi))
+        pair = gaussian_log_density(z[:, None], mu[None], logvar[None])
         norm = math.log(b * (self.dataset_size or b))
         log_qz = torch.logsumexp(pair.sum(2), 1) - norm
         log_prod_qzd = (torch.logsumexp(pair, 1) - norm).sum(1)

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from aexp import draw
 from aexp.build import check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
 from aexp.losses.variational import decoder_log_prob
 from aexp.report import classifier, measures, quality
-from aexp.report.pictures import fitted_samples, make_all
+from aexp.report.pictures import make_all, sample_codes
 
 CURVE_BOUNDS = [round(0.005 * i, 3) for i in range(51)]   # 0 .. 0.25, the accuracy-vs-bound curve
 
@@ -125,15 +126,9 @@ def classifier_accuracy(run, pred, ev, log) -> tuple[dict | None, dict | None]:
     if not ev.get("quality", True):
         return acc, None
     samples = None
-    if data.task.name == "reconstruct":   # decoded samples: the prior for a VAE, else fitted
-        with torch.no_grad():
-            gen = torch.Generator().manual_seed(int(ev.seed))
-            z = pred["z"]
-            codes = (torch.randn(len(z), *z.shape[1:], generator=gen) if "mu" in pred
-                     else fitted_samples(z, len(z), gen))
-            decoded = torch.cat([run.model.decode(codes[i:i + 1000].to(dev)).float()
-                                 for i in range(0, len(codes), 1000)])
-            samples = data.to_rgb(None, decoded).to(dev)
+    if data.task.name == "reconstruct":   # as many decoded samples as test images
+        codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)))
+        samples = data.to_rgb(None, draw.decode(run.model, codes)).to(dev)
     return acc, quality.report(model, train_view.to(dev), test_orig.to(dev), test_pred.to(dev), samples)
 
 

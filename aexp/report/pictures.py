@@ -64,6 +64,13 @@ def fitted_samples(z: torch.Tensor, n: int, gen) -> torch.Tensor:
     return s.view(n, *z.shape[1:])
 
 
+def sample_codes(pred: dict, n: int, gen) -> torch.Tensor:
+    """`n` codes to decode as samples: draws from the prior N(0, I) for a VAE, else from a
+    Gaussian fitted to the test codes."""
+    z = pred["z"]
+    return torch.randn(n, *z.shape[1:], generator=gen) if "mu" in pred else fitted_samples(z, n, gen)
+
+
 def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
     """Draw every picture that fits this run; return the files written."""
     out = run.run_dir / "pictures"
@@ -125,10 +132,7 @@ def decoder_pictures(out, model, data, pred, seed) -> list[Path]:
     """Samples (N(0, I) for a VAE, a Gaussian fitted to the codes otherwise), the decoded latent
     plane of a 2-D latent, and interpolations."""
     z, files = pred["z"], []
-    gen = torch.Generator().manual_seed(seed)
-    prior = "mu" in pred
-    samples = torch.randn(64, *z.shape[1:], generator=gen) if prior else fitted_samples(z, 64, gen)
-    tiles = decode(model, samples, data)
+    tiles = decode(model, sample_codes(pred, 64, torch.Generator().manual_seed(seed)), data)
     files.append(save(draw.grid(tiles, 8), out / "samples.png", tiles.shape[1]))
     if z.dim() == 2 and z.shape[1] == 2:
         files += latent_plane(out, model, data, z)

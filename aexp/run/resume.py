@@ -102,7 +102,7 @@ def check_same_config(saved: dict, current: dict, source: Path) -> None:
     """Exact resume needs the run's own config: refuse one that differs beyond MAY_CHANGE.
     Targets that moved since the run was saved count as the same (`build.upgrade`)."""
     a, b = _flat(upgrade(saved)), _flat(current)
-    diff = differences(saved, current, MAY_CHANGE)
+    diff = _differing(a, b, MAY_CHANGE)
     if diff:
         k = diff[0]
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
@@ -117,7 +117,11 @@ def differences(saved: dict, current: dict, may_change=()) -> list[str]:
     """Dotted keys where a saved config and the current one differ, beyond `may_change`; moved
     targets are the same, and an option added after the run was saved is the same when its value
     reproduces the run (ADDED_LATER)."""
-    a, b = _flat(upgrade(saved)), _flat(current)
+    return _differing(_flat(upgrade(saved)), _flat(current), may_change)
+
+
+def _differing(a: dict, b: dict, may_change=()) -> list[str]:
+    """`differences` on flattened configs."""
     return [k for k in sorted(set(a) | set(b))
             if a.get(k, "<absent>") != b.get(k, "<absent>") and not (may_change and k.startswith(may_change))
             and not (k not in a and k in ADDED_LATER and ADDED_LATER[k][0](a, b[k]))]
