@@ -69,6 +69,9 @@ CASES = [
     (["train", "train.epochs=[1"], "no viable alternative at input '[1'"),
     (["train", "model=mlp", "model.activation=swish"], "unknown activation 'swish'"),
     (["train", "model=mlp", "+model.depth=3"], "cannot build aexp.models.dense.MLP"),
+    (["train", "dataset=digits", "model=vqvae", "model.latent_dim=8"], "set model.latent_dim=null"),
+    (["train", "dataset=digits", "model=vqvae", "model.codebook.ema=2"], "model.codebook.ema must be"),
+    (["train", "dataset=digits", "model=conv", "loss=vqvae"], "loss term 'vq' needs a VQ model"),
     (["train", "loss.reduction=median"], "loss.reduction must be one of"),
     (["train", "-m", "resume={r}/ok"], "cannot be combined with -m"),
     # data

@@ -27,6 +27,8 @@ MODELS = {
                      ((1, 128, 128), (2, 128, 128)), ((1, 218, 178), (2, 218, 178))]),
     "baseline32": (["model.channels=[4,8,8]", "model.latent_dim=16"], [IMG(3, 32), IMG(1, 16)]),
     "resnet": (["model.decoder_channels=[8,8,8,8]"], [IMG(3, 32), IMG(1, 64)]),
+    "vqvae": (["model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=4"],
+              [IMG(1, 28), IMG(3, 32), IMG(3, 64), IMG(3, 218, 178)]),
 }
 
 
@@ -79,6 +81,8 @@ def compatible(model, net, loss, data, out_shape) -> bool:
     variational = model in ("vae", "conv_vae")
     if loss in ("vae", "vae_cb", "iwae", "btcvae"):     # a posterior mu, logvar
         return variational
+    if loss == "vqvae":                                  # codes from a codebook
+        return net.codebook_size is not None
     if loss == "contractive":
         return net.latent_dim <= 32      # the term's stated limit (max_latent)
     if loss == "triplet_colour":

@@ -3,11 +3,12 @@
 name them here, e.g. `aexp.losses.MSE`."""
 from aexp.losses.core import REDUCTIONS, Loss, Term, per_sample
 from aexp.losses.latent import (ColorTriplet, Contractive, GaussianKL, LabelTriplet, Sparsity,
-                                gaussian_kl, triplet_margin)
+                                VectorQuantization, gaussian_kl, triplet_margin)
 from aexp.losses.perceptual import Perceptual
 from aexp.losses.recon import BCE, L1, MSE, ContinuousBernoulli, cb_log_norm
 from aexp.losses.variational import IWAE, MMD, TCDecomposition
 
 __all__ = ["REDUCTIONS", "Loss", "Term", "per_sample", "MSE", "L1", "BCE", "ContinuousBernoulli",
            "cb_log_norm", "GaussianKL", "gaussian_kl", "Sparsity", "Contractive", "ColorTriplet",
-           "LabelTriplet", "triplet_margin", "Perceptual", "IWAE", "TCDecomposition", "MMD"]
+           "LabelTriplet", "triplet_margin", "Perceptual", "IWAE", "TCDecomposition", "MMD",
+           "VectorQuantization"]

@@ -123,3 +123,33 @@ class LabelTriplet(Term):
         ok = torch.isfinite(pos_d) & torch.isfinite(neg_d)
         loss = F.relu(pos_d - neg_d + self.margin)
         return torch.where(ok, loss, torch.zeros_like(loss))
+
+
+class VectorQuantization(Term):
+    """VQ-VAE's code terms, as parts: `commit`, ||e - sg(q)||² weighted by `commitment` (β), which
+    keeps the encoder near its codes; `codebook`, ||sg(e) - q||², only when the codebook is learned
+    by gradient (an EMA codebook moves by itself); and, logged with weight 0, the batch's codebook
+    `perplexity` (exp of the code distribution's entropy: the number of equally used codes it
+    equals) and the number of codes `used` in the batch."""
+
+    def __init__(self, weight: float = 1.0, commitment: float = 0.25):
+        super().__init__(weight)
+        self.commitment = commitment
+
+    def part_weight(self, part, epoch):
+        return {"commit": self.weight * self.commitment, "codebook": self.weight}.get(part, 0.0)
+
+    def __call__(self, out, x, y, model, reduction):
+        if "vq_e" not in out.extras:
+            raise ConfigError("loss term 'vq' needs a VQ model (model=vqvae, or model.codebook set)")
+        e, q, codes = out.extras["vq_e"], out.extras["vq_q"], out.extras["codes"]
+        parts = {"commit": per_sample((e - q.detach()) ** 2, reduction)}
+        if not out.extras["vq_ema"]:
+            parts["codebook"] = per_sample((e.detach() - q) ** 2, reduction)
+        with torch.no_grad():
+            counts = torch.bincount(codes.flatten(), minlength=out.extras["vq_size"]).float()
+            p = counts / counts.sum()
+            perplexity = torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
+        parts["perplexity"] = perplexity.expand(len(e))
+        parts["used"] = (counts > 0).sum().float().expand(len(e))
+        return parts

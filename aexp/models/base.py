@@ -10,6 +10,8 @@ offers:
   and pictures then draw the code's own range;
 - `start_epoch(epoch)`: told before each training epoch (1-based), and with None when the
   model is used outside a training run (lr-find, after training): None means "as trained";
+- `codebook_size` and `code_indices(x)`: for a model with a discrete code (VQ), the number of
+  codes and each position's code index; None otherwise (a continuous code);
 - `weight_product()`: the product of the weight matrices of a dense model (the W2·W1 picture),
   None for models where it means nothing.
 """
@@ -30,6 +32,7 @@ class Output(NamedTuple):
 class Autoencoder(nn.Module):
     """Base class: subclasses set their layers and implement `encode` and `decode`."""
     latent_range = None
+    codebook_size = None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -45,6 +48,9 @@ class Autoencoder(nn.Module):
         """Nothing changes between epochs unless a model says so."""
 
     def weight_product(self) -> torch.Tensor | None:
+        return None
+
+    def code_indices(self, x: torch.Tensor) -> torch.Tensor | None:
         return None
 
 

@@ -6,6 +6,7 @@ What is measured depends on what the run is:
 - every run: MSE, MAE, PSNR (and SSIM for images) of prediction against target, latent spread,
   parameter count, training time;
 - a VAE (its output extras carry `mu` and `logvar`): ELBO and importance-sampled NLL;
+- a VQ model (its extras carry `codes`): the test set's codebook usage (codes used, perplexity);
 - colourisation (`data.task.name == "colorize"`): accuracy of a,b within bounds and the curve;
 - labelled images: a cached small CNN's accuracy on the originals and on the predictions."""
 import json
@@ -46,6 +47,8 @@ def predict(model, data, split, batch_size: int) -> dict:
         got = {"x": x, "y": y, "x_hat": out.x_hat, "z": out.z}
         if "mu" in out.extras and "logvar" in out.extras:
             got.update(mu=out.extras["mu"], logvar=out.extras["logvar"])
+        if "codes" in out.extras:       # a VQ model's code indices
+            got["codes"] = out.extras["codes"]
         for k, v in got.items():
             parts.setdefault(k, []).append(v.detach().float().cpu())
     res = {k: torch.cat(v) for k, v in parts.items()}
@@ -126,10 +129,20 @@ def classifier_accuracy(run, pred, ev, log) -> tuple[dict | None, dict | None]:
     if not ev.get("quality", True):
         return acc, None
     samples = None
-    if data.task.name == "reconstruct":   # as many decoded samples as test images
+    if data.task.name == "reconstruct" and run.model.codebook_size is None:   # a VQ code has no prior
+        # as many decoded samples as test images
         codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)))
         samples = data.to_rgb(None, draw.decode(run.model, codes)).to(dev)
     return acc, quality.report(model, train_view.to(dev), test_orig.to(dev), test_pred.to(dev), samples)
+
+
+def codebook_usage(codes: torch.Tensor, size: int) -> dict:
+    """How much of a VQ codebook the test set uses: codes used, and the perplexity of the code
+    distribution over all positions of all test images (`size` if every code were equally used)."""
+    counts = torch.bincount(codes.flatten().long(), minlength=size).double()
+    p = counts / counts.sum()
+    return {"size": size, "used": int((counts > 0).sum()),
+            "perplexity": float(torch.exp(-(p * p.clamp_min(1e-300).log()).sum()))}
 
 
 def latent_stats(pred: dict) -> dict:
@@ -161,6 +174,8 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
         "reconstruction": reconstruction(pred, data.kind == "image"),
         "latent": latent_stats(pred),
     }
+    if "codes" in pred:
+        report["codebook"] = codebook_usage(pred["codes"], model.codebook_size)
     if task == "colorize":
         report["colorization"] = colorization(pred, list(ev.bounds))
     if "mu" in pred and int(ev.nll_samples) > 0:

@@ -85,7 +85,12 @@ def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
     else:
         files.append(save(rows_over(orig, recon), out / "reconstruction.png", orig.shape[1]))
         files += denoising(out, data, model, seed)
-    if task == "reconstruct":   # a colourisation decoder's a,b mean nothing without an L input
+    if task == "reconstruct" and model.codebook_size is not None:
+        report.setdefault("notes", []).append(
+            "no samples.png or latent_traversal.png: a VQ code has no prior to sample from (that "
+            "takes a second model over the code indices, e.g. a PixelCNN) and no continuous units to sweep")
+        files += interpolations(out, model, data, pred, seed)
+    elif task == "reconstruct":   # a colourisation decoder's a,b mean nothing without an L input
         files += decoder_pictures(out, model, data, pred, seed)
     product = model.weight_product()
     if product is not None:
@@ -183,6 +188,8 @@ def interpolations(out, model, data, pred, seed) -> list[Path]:
     from one code to the other and back."""
     z, labels = pred["z"], pred["labels"]
     files = []
+    if len(z) < 3:      # a test split this small has no three codes to span the mosaic
+        return files
     anchors = pick(len(z), 3, seed + 1)
     if labels is not None:   # three samples of different classes where there are three
         firsts = {}

@@ -3,7 +3,8 @@ would cost more than a small model's epoch).
 
 A frame shows the latents of a fixed probe set from the validation data, coloured by class
 (or by the sample's own colour for the colours dataset), on axes that stay put between epochs.
-For a 2-D latent it also shows the decoder's output over a grid of latent points.
+For a 2-D latent it also shows the decoder's output over a grid of latent points; for a VQ model,
+how often the probe set uses each code of the codebook.
 Latents of more than two dimensions are projected on a PCA basis fitted once, at epoch 0
 (`aexp.draw`'s projection, the one the pictures and the explorer use).
 Each frame's raw probe latents are also kept (`latents_XXXX.npy`, float16; the probe's
@@ -51,9 +52,15 @@ class FrameWriter:
         z = model.encode(self.x).float()
         p = self._project(z.cpu().numpy())
         self._update_limits(p, model.latent_range)
-        panels = [self._scatter(p)]
+        panels, titles = [self._scatter(p)], []
         if z.shape[1] == 2 and self.data.task.name == "reconstruct":   # others decode no sample
             panels.append(self._decoded_plane(model))
+            titles.append("decoded latent plane")
+        codes = model.code_indices(self.x)
+        if codes is not None:
+            counts = np.bincount(codes.flatten().cpu().numpy(), minlength=model.codebook_size)
+            panels.append(self._usage(counts))
+            titles.append(f"code use: {(counts > 0).sum()} of {len(counts)} codes used")
         model.train(was_training)
         frame = np.full((self.size + 2 * MARGIN, len(panels) * (self.size + 2 * MARGIN), 3),
                         255, np.uint8)
@@ -61,7 +68,7 @@ class FrameWriter:
             x0 = i * (self.size + 2 * MARGIN) + MARGIN
             frame[MARGIN:MARGIN + self.size, x0:x0 + self.size] = panel
         img = Image.fromarray(frame)
-        self._annotate(ImageDraw.Draw(img), epoch, len(panels), z.shape[1])
+        self._annotate(ImageDraw.Draw(img), epoch, titles, z.shape[1])
         path = self.out_dir / f"epoch_{epoch:04d}.png"
         atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=1))
         self._save_latents(z, epoch)
@@ -136,7 +143,19 @@ class FrameWriter:
                         n, pad=0)
         return np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.NEAREST))
 
-    def _annotate(self, draw, epoch, n_panels, latent_dim):
+    def _usage(self, counts: np.ndarray) -> np.ndarray:
+        """One bar per code (in index order), its height the code's share of the most used one's."""
+        canvas = np.full((self.size, self.size, 3), 255, np.uint8)
+        heights = np.round(counts / max(counts.max(), 1) * (self.size - 2)).astype(np.int64)
+        edges = np.linspace(1, self.size - 1, len(counts) + 1).astype(np.int64)
+        for h, a, b in zip(heights, edges[:-1], edges[1:]):
+            if h:
+                canvas[self.size - 1 - h:self.size - 1, a:max(b - 1, a + 1)] = draw.PALETTE[0]
+        canvas[[0, -1], :] = 160
+        canvas[:, [0, -1]] = 160
+        return canvas
+
+    def _annotate(self, draw, epoch, titles, latent_dim):
         (x0, x1), (y0, y1) = self.limits
         label = "latent" if latent_dim <= 2 else f"PCA of {latent_dim}-d latent"
         draw.text((MARGIN, 8), f"epoch {epoch}   {label}", fill=(0, 0, 0))
@@ -145,5 +164,5 @@ class FrameWriter:
         draw.text((MARGIN + self.size - 24, bottom), f"{x1:g}", fill=(90, 90, 90))
         draw.text((2, MARGIN + self.size - 12), f"{y0:g}", fill=(90, 90, 90))
         draw.text((2, MARGIN), f"{y1:g}", fill=(90, 90, 90))
-        if n_panels > 1:
-            draw.text((3 * MARGIN + self.size, 8), "decoded latent plane", fill=(0, 0, 0))
+        for i, title in enumerate(titles, 1):
+            draw.text((i * (self.size + 2 * MARGIN) + MARGIN, 8), title, fill=(0, 0, 0))

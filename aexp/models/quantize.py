@@ -1,0 +1,91 @@
+"""Vector quantisation (VQ-VAE, van den Oord et al. 2017): each position of a feature map is
+replaced by its nearest codebook vector; gradients pass straight through to the encoder.
+
+aexp's own ~70 lines rather than `vector-quantize-pytorch`: the parts VQ-VAE needs (nearest
+code, straight-through, EMA codebook, dead-code restarts) are short and stable, the library's
+API and dependencies (einops, einx) change often, and here every piece is tested in place.
+
+Codebook, two ways (`ema`):
+- `ema` in (0, 1) (default 0.99): the codebook is the EMA of the encodings assigned to each code
+  (Laplace-smoothed counts); it gets no gradient and the loss needs only the commitment term;
+- `ema: null`: the codebook is a parameter learned through the codebook loss ||sg(e) - q||².
+Dead codes: a code whose EMA assignment count (assignments per batch) falls below
+`restart_below` is moved to a random encoding of the current batch (also how the codebook
+starts: every count begins at 0, so the first training batch seeds it from real encodings).
+Under DDP the counts and sums are summed over ranks and restarts come from rank 0."""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from aexp.errors import ConfigError
+
+USAGE_DECAY = 0.99   # how fast a learned (non-EMA) codebook's usage counts forget
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, size: int = 512, dim: int = 64, ema: float | None = 0.99,
+                 restart_below: float = 1.0, eps: float = 1e-5):
+        super().__init__()
+        if size < 2 or dim < 1:
+            raise ConfigError(f"model.codebook needs size >= 2 and dim >= 1, got {size} and {dim}")
+        if ema is not None and not 0 < ema < 1:
+            raise ConfigError(f"model.codebook.ema must be in (0, 1) or null, got {ema}")
+        self.size, self.dim, self.ema, self.restart_below, self.eps = size, dim, ema, restart_below, eps
+        init = torch.randn(size, dim)
+        if ema is None:
+            self.codebook = nn.Parameter(init)
+        else:
+            self.register_buffer("codebook", init)
+            self.register_buffer("embed_sum", init.clone())
+        self.register_buffer("count", torch.zeros(size))   # EMA of assignments per batch
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code (squared Euclidean) for each row of `flat` [N, dim]."""
+        e = self.codebook.float()
+        d = flat.float().pow(2).sum(1, keepdim=True) - 2 * flat.float() @ e.T + e.pow(2).sum(1)
+        return d.argmin(1)
+
+    def snap(self, h: torch.Tensor) -> torch.Tensor:
+        """A feature map [B, dim, H, W] with every position replaced by its nearest code."""
+        flat = h.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        q = F.embedding(self.nearest(flat), self.codebook).to(h.dtype)
+        return q.view(h.shape[0], *h.shape[2:], self.dim).permute(0, 3, 1, 2)
+
+    def forward(self, h: torch.Tensor):
+        """(straight-through quantised map, extras): extras hold the encoder output `vq_e`, the
+        chosen codes `vq_q` (a gradient only when the codebook is a parameter) and `codes`."""
+        flat = h.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        idx = self.nearest(flat)
+        if self.training:
+            self._update(flat.detach().float(), idx)
+        q = F.embedding(idx, self.codebook).to(h.dtype).view(h.shape[0], *h.shape[2:], self.dim)
+        q = q.permute(0, 3, 1, 2)
+        codes = idx.view(h.shape[0], *h.shape[2:])
+        return h + (q - h).detach(), {"vq_e": h, "vq_q": q, "codes": codes, "vq_size": self.size,
+                                      "vq_ema": self.ema is not None}
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor, idx: torch.Tensor) -> None:
+        counts = torch.bincount(idx, minlength=self.size).float()
+        sums = torch.zeros(self.size, self.dim, device=flat.device).index_add_(0, idx, flat)
+        if dist.is_available() and dist.is_initialized():
+            for t in (counts, sums):
+                dist.all_reduce(t)
+        decay = self.ema or USAGE_DECAY
+        self.count.mul_(decay).add_(counts, alpha=1 - decay)
+        if self.ema is not None:
+            self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+            n = self.count.sum()
+            smoothed = (self.count + self.eps) / (n + self.size * self.eps) * n
+            self.codebook.copy_(self.embed_sum / smoothed.unsqueeze(1))
+        dead = self.count < self.restart_below
+        if dead.any():
+            pick = torch.randint(0, len(flat), (int(dead.sum()),), device=flat.device)
+            fresh = flat[pick]
+            if dist.is_available() and dist.is_initialized():
+                dist.broadcast(fresh, 0)
+            self.codebook.data[dead] = fresh.to(self.codebook.dtype)
+            self.count[dead] = self.restart_below
+            if self.ema is not None:
+                self.embed_sum[dead] = fresh * self.restart_below
