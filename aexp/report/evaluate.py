@@ -3,12 +3,14 @@ printed as a table, plus the run's pictures (see `report/pictures.py`). Also run
 after training when `eval.enabled` is true (aexp.jobs).
 
 What is measured depends on what the run is:
-- every run: MSE, MAE, PSNR (and SSIM for images) of prediction against target, latent spread,
-  parameter count, training time;
+- every run: MSE, MAE, PSNR (and SSIM, and MS-SSIM with the `metrics` extra, for images) of
+  prediction against target, latent spread, parameter count, training time;
 - a VAE (its output extras carry `mu` and `logvar`): ELBO and importance-sampled NLL;
 - a VQ model (its extras carry `codes`): the test set's codebook usage (codes used, perplexity);
 - colourisation (`data.task.name == "colorize"`): accuracy of a,b within bounds and the curve;
-- labelled images: a cached small CNN's accuracy on the originals and on the predictions."""
+- labelled images: a cached small CNN's accuracy on the originals and on the predictions, and
+  FID/KID on its features (report/quality.py);
+- images, when `eval.inception_weights` names a local file: an Inception FID."""
 import json
 import time
 from pathlib import Path
@@ -64,6 +66,8 @@ def reconstruction(pred: dict, is_image: bool) -> dict:
     if is_image and p.dim() == 4:
         res["ssim"] = torch.cat([measures.ssim(p[i:i + 500], t[i:i + 500])
                                  for i in range(0, len(p), 500)]).mean().item()
+        if quality.available():
+            res.update(quality.ms_ssim(p, t) or {})
     return res
 
 
@@ -104,16 +108,30 @@ def vae_likelihood(model, data, ev, device) -> dict:
             "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form}
 
 
-def classifier_accuracy(run, pred, ev, log) -> tuple[dict | None, dict | None]:
-    """(the classifier's accuracy on originals and on predictions, the FID/KID section on its
-    features when `eval.quality`), for labelled image data; (None, None) otherwise."""
+def views(run, pred, ev) -> tuple | None:
+    """(test originals, test predictions, as many decoded samples as test images or None) as RGB-like
+    images in [0, 1], what the classifier and the FIDs see; None where they mean nothing."""
     data = run.data
-    if data.kind != "image" or data.train.y is None or data.test.y is None or not data.num_classes:
-        return None, None
+    if data.kind != "image":
+        return None
     test_orig = data.to_rgb(pred["x"], pred["y"])
     test_pred = data.to_rgb(pred["x"], pred["x_hat"].clamp(0, 1))
     if test_orig.dim() != 4:
+        return None
+    samples = None
+    if data.task.name == "reconstruct" and run.model.codebook_size is None:   # a VQ code has no prior
+        codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)))
+        samples = data.to_rgb(None, draw.decode(run.model, codes))
+    return test_orig, test_pred, samples
+
+
+def classifier_accuracy(run, pred, ev, log) -> tuple[dict | None, dict | None]:
+    """(the classifier's accuracy on originals and on predictions, the FID/KID section on its
+    features when `eval.quality`), for labelled image data; (None, None) otherwise."""
+    data, seen = run.data, views(run, pred, ev)
+    if seen is None or data.train.y is None or data.test.y is None or not data.num_classes:
         return None, None
+    test_orig, test_pred, samples = seen
     x_tr, y_tr = data.batch(data.train)
     train_view = data.to_rgb(x_tr, y_tr).float()
     ds_cfg = OmegaConf.to_container(run.cfg.dataset, resolve=True)
@@ -128,12 +146,21 @@ def classifier_accuracy(run, pred, ev, log) -> tuple[dict | None, dict | None]:
            "cache": str(path), "from_cache": cached}
     if not ev.get("quality", True):
         return acc, None
-    samples = None
-    if data.task.name == "reconstruct" and run.model.codebook_size is None:   # a VQ code has no prior
-        # as many decoded samples as test images
-        codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)))
-        samples = data.to_rgb(None, draw.decode(run.model, codes)).to(dev)
+    samples = None if samples is None else samples.to(dev)
     return acc, quality.report(model, train_view.to(dev), test_orig.to(dev), test_pred.to(dev), samples)
+
+
+def inception(run, pred, ev) -> dict | None:
+    """`fid_inception` of reconstructions (and samples) against the test images, from the local
+    weights file `eval.inception_weights` (None: not asked for, or not image data)."""
+    seen = views(run, pred, ev)
+    if not ev.get("inception_weights") or seen is None:
+        return None
+    if not quality.available():
+        return {"skipped": "torchmetrics is not installed (pip install -e '.[metrics]')"}
+    test_orig, test_pred, samples = (None if t is None else t.to(run.device) for t in seen)
+    fakes = {"reconstruction": test_pred} if samples is None else {"reconstruction": test_pred, "samples": samples}
+    return quality.inception_fid(ev.inception_weights, test_orig, fakes, int(ev.inception_max_images))
 
 
 def codebook_usage(codes: torch.Tensor, size: int) -> dict:
@@ -186,6 +213,9 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
             report["classifier"] = acc
         if scores:
             report["quality"] = scores
+    fid = inception(run, pred, ev)
+    if fid:
+        report["inception"] = fid
     if pictures:
         report["pictures"] = [str(p.relative_to(run.run_dir))
                               for p in make_all(run, pred, report, ev)]
@@ -216,10 +246,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--nll-samples", type=int, help="importance samples K for the VAE NLL (0 = skip)")
     ap.add_argument("--nll-max-images", type=int, help="test images for the NLL (0 = all)")
     ap.add_argument("--no-classifier", action="store_true", help="skip the classifier accuracy")
+    ap.add_argument("--inception-weights", metavar="FILE",
+                    help="local InceptionV3 weights (torch-fidelity's): adds an Inception FID")
     ap.add_argument("--no-pictures", action="store_true", help="numbers only")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
     args = ap.parse_args(argv)
-    given = {"nll_samples": args.nll_samples, "nll_max_images": args.nll_max_images}
+    given = {"nll_samples": args.nll_samples, "nll_max_images": args.nll_max_images,
+             "inception_weights": args.inception_weights}
     check_values(OmegaConf.create({"eval": settings(None, **given)}))   # before any loading
     run = load_run(args.run_dir, which=args.checkpoint or str(settings().checkpoint),
                    device=args.device)

@@ -29,6 +29,8 @@ ADDED_LATER = {
                               "model.code_activation=null"),
     # evaluation only: the training is the same either way
     "eval.quality": (lambda saved, value: True, None),
+    "eval.inception_weights": (lambda saved, value: True, None),
+    "eval.inception_max_images": (lambda saved, value: True, None),
 }
 
 
