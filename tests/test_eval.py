@@ -44,7 +44,8 @@ def test_eval_of_a_tiny_vae(tmp_path, tiny_mnist, capsys):
     assert "reconstruction.psnr" in out and "vae.nll" in out
     rep = json.loads((run / "eval.json").read_text())
     assert rep["checkpoint"] == "last" and rep["epoch"] == 2 and rep["n_test"] == 40
-    assert set(rep["reconstruction"]) == {"mse", "mae", "psnr", "ssim"}
+    assert set(rep["reconstruction"]) == {"mse", "mae", "psnr", "ssim", "ms_ssim", "ms_ssim_scales"}
+    assert rep["samples_from"] == "prior"
     r = rep["reconstruction"]
     assert 0 < r["mse"] < r["mae"] < 1 and r["psnr"] == pytest.approx(r["psnr"]) and -1 < r["ssim"] <= 1
     v = rep["vae"]

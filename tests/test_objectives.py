@@ -143,3 +143,14 @@ def test_fid_and_kid_on_classifier_features():
     fids = [quality.fid_kid(features, real, _images(300, 1, noise))["fid_classifier"]
             for noise in (0.0, 0.1, 0.3)]
     assert fids[0] < fids[1] < fids[2], fids
+
+
+def test_samples_come_from_the_prior_only_where_the_code_was_trained_towards_it(compose_cfg):
+    from types import SimpleNamespace
+    from aexp.report.evaluate import sampler
+    run = lambda loss, codebook=None: SimpleNamespace(model=SimpleNamespace(codebook_size=codebook),
+                                                      cfg=compose_cfg([f"loss={loss}"]))
+    assert sampler(run("vae"), {"mu": 0}) == "prior"
+    assert sampler(run("wae_mmd"), {}) == "prior"          # MMD pushed the code towards N(0, I)
+    assert sampler(run("mse"), {}) == "fitted"
+    assert sampler(run("vqvae", codebook=8), {}) is None    # no prior over code indices

@@ -13,6 +13,7 @@ What is measured depends on what the run is:
 - images, when `eval.inception_weights` names a local file: an Inception FID."""
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -119,7 +120,7 @@ def views(run, pred, ev) -> tuple | None:
     if test_orig.dim() != 4:
         return None
     samples = None
-    if data.task.name == "reconstruct" and run.model.codebook_size is None:   # a VQ code has no prior
+    if data.task.name == "reconstruct" and pred["sampler"]:   # a VQ code has no sampler
         codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)))
         samples = data.to_rgb(None, draw.decode(run.model, codes))
     return test_orig, test_pred, samples
@@ -163,6 +164,17 @@ def inception(run, pred, ev) -> dict | None:
     return quality.inception_fid(ev.inception_weights, test_orig, fakes, int(ev.inception_max_images))
 
 
+def sampler(run, pred) -> str | None:
+    """How samples are drawn (pictures, the quality section): "prior" N(0, I) for a VAE and for a
+    code trained towards N(0, I) by an MMD term (WAE), "fitted" (a Gaussian fitted to the test
+    codes) for other continuous codes, None for a VQ code (no prior to sample)."""
+    if run.model.codebook_size is not None:
+        return None
+    terms = ((run.cfg or {}).get("loss") or {}).get("terms") or {}
+    mmd = any(str(t.get("_target_", "")).endswith(".MMD") for t in terms.values() if isinstance(t, Mapping))
+    return "prior" if "mu" in pred or mmd else "fitted"
+
+
 def codebook_usage(codes: torch.Tensor, size: int) -> dict:
     """How much of a VQ codebook the test set uses: codes used, and the perplexity of the code
     distribution over all positions of all test images (`size` if every code were equally used)."""
@@ -192,6 +204,7 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
     data, model = run.data, run.model
     task = data.task.name
     pred = predict(model, data, data.test, int(ev.batch_size))
+    pred["sampler"] = sampler(run, pred)
     rows = read_csv(run.run_dir / "metrics.csv") if (run.run_dir / "metrics.csv").is_file() else []
     report = {
         "run_dir": str(run.run_dir), "checkpoint": str(ev.checkpoint), "epoch": run.state.get("epoch"),
@@ -200,6 +213,7 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
         "train_seconds": round(sum(r.get("seconds") or 0 for r in rows), 3),
         "reconstruction": reconstruction(pred, data.kind == "image"),
         "latent": latent_stats(pred),
+        "samples_from": pred["sampler"],
     }
     if "codes" in pred:
         report["codebook"] = codebook_usage(pred["codes"], model.codebook_size)

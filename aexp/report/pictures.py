@@ -65,10 +65,13 @@ def fitted_samples(z: torch.Tensor, n: int, gen) -> torch.Tensor:
 
 
 def sample_codes(pred: dict, n: int, gen) -> torch.Tensor:
-    """`n` codes to decode as samples: draws from the prior N(0, I) for a VAE, else from a
-    Gaussian fitted to the test codes."""
+    """`n` codes to decode as samples: draws from the prior N(0, I) when the model was trained
+    towards it (`pred["sampler"] == "prior"`: a VAE, or a code pushed to N(0, I) by an MMD
+    term), else from a Gaussian fitted to the test codes."""
     z = pred["z"]
-    return torch.randn(n, *z.shape[1:], generator=gen) if "mu" in pred else fitted_samples(z, n, gen)
+    if pred.get("sampler") == "prior":
+        return torch.randn(n, *z.shape[1:], generator=gen)
+    return fitted_samples(z, n, gen)
 
 
 def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
@@ -134,7 +137,7 @@ def denoising(out, data, model, seed) -> list[Path]:
 
 
 def decoder_pictures(out, model, data, pred, seed) -> list[Path]:
-    """Samples (N(0, I) for a VAE, a Gaussian fitted to the codes otherwise), the decoded latent
+    """Samples (N(0, I) for a VAE or WAE, a Gaussian fitted to the codes otherwise), the decoded latent
     plane of a 2-D latent, and interpolations."""
     z, files = pred["z"], []
     tiles = decode(model, sample_codes(pred, 64, torch.Generator().manual_seed(seed)), data)
