@@ -69,6 +69,7 @@ class ResNetAE(Autoencoder):
         self.latent_dim = latent_dim or flat
         self.bottleneck = None if latent_dim is None else nn.Linear(flat, latent_dim)
         self.unbottleneck = None if latent_dim is None else nn.Linear(latent_dim, flat)
+        self.quantizer = None   # ConvAE.decode, borrowed below, reads it: a continuous code
         back = [c_feat] + list(decoder_channels) + [self.out_shape[0]]
         if len(back) != 6:
             raise ConfigError(f"model.decoder_channels needs 4 widths (one per upsampling stage "
