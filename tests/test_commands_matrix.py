@@ -30,6 +30,8 @@ MODELS = {
                    ["model.channels=[4,8,8]", "model.latent_dim=16", *COLORS]),
     "resnet": (["model.decoder_channels=[8,8,8,8]", *MNIST32],
                ["model.decoder_channels=[8,8,8,8]", *COLORS]),
+    "vqvae": (["model.channels=[4,8]", "model.codebook.size=8", *MNIST],
+              ["model.channels=[4,8]", "model.codebook.size=8", *COLORS]),
 }
 
 
