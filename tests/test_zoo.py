@@ -179,3 +179,25 @@ def test_baseline32_code_is_linear_or_takes_the_stages_activation():
     assert (same.encode(x) >= 0).all() and (same.encode(x) == 0).any()
     with pytest.raises(ConfigError, match="unknown activation 'swish'"):
         Baseline32((1, 16, 16), (1, 16, 16), code_activation="swish")
+
+
+def test_baseline32_without_head_is_the_published_model():
+    """channels [12, 24], grid [16, 8], head=false: the published 32x32 baseline, layer for layer
+    the hand-written peer `make bench` compares against (benchmarks/peer_loops.py)."""
+    import importlib.util
+    from pathlib import Path
+    from aexp.models.pooling import Baseline32
+    spec = importlib.util.spec_from_file_location(
+        "peer_loops", Path(__file__).resolve().parent.parent / "benchmarks" / "peer_loops.py")
+    peer_loops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer_loops)
+    ours = Baseline32((3, 32, 32), (3, 32, 32), channels=[12, 24], grid=[16, 8], head=False,
+                      code_activation="none")
+    peer = peer_loops.PublishedBaseline32(3)
+    shapes = lambda m: sorted(tuple(t.shape) for t in m.state_dict().values())
+    assert shapes(ours) == shapes(peer)
+    n = sum(p.numel() for p in ours.parameters())
+    assert 3.0e6 < n < 3.2e6, n                                   # "about 3.1 M parameters"
+    with_head = Baseline32((3, 32, 32), (3, 32, 32), channels=[12, 24], grid=[16, 8], code_activation="none")
+    assert sum(p.numel() for p in with_head.parameters()) > n      # the extra full-size stage
+    assert ours(torch.rand(2, 3, 32, 32)).x_hat.shape == (2, 3, 32, 32)

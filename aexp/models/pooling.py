@@ -87,10 +87,13 @@ class Baseline32(Autoencoder):
     """The 32x32 baseline: conv + BatchNorm + ReLU stages each followed by adaptive max-pooling to
     16, 8 and 4 pixels, a dense bottleneck (1000-d by default), and a decoder of nearest-upsample +
     conv blocks back to the input's size, clamped to [0, 1]. Adaptive pooling makes the encoder
-    take any size from 4x4 up, so the same weights train at 16x16 and then at 32x32."""
+    take any size from 4x4 up, so the same weights train at 16x16 and then at 32x32.
+    `head=False` drops the full-size conv stage: with channels [12, 24] and grid [16, 8] this is
+    the published baseline exactly (its decoder's second upsampling conv gives the image)."""
 
     def __init__(self, in_shape, out_shape, channels=(32, 64, 128), latent_dim=1000,
-                 grid=(16, 8, 4), activation="relu", output="clamp", code_activation=None):
+                 grid=(16, 8, 4), activation="relu", output="clamp", code_activation=None,
+                 head=True):
         super().__init__()
         if output not in OUTPUTS:
             raise ConfigError(f"model.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
@@ -117,10 +120,16 @@ class Baseline32(Autoencoder):
                                      make_act(code_activation or activation))
         self.from_code = nn.Sequential(nn.Linear(latent_dim, flat), make_act(activation))
         back = channels[::-1]
-        self.decoder = nn.Sequential(*[
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_bn_act(a, b, act=activation))
-            for a, b in zip(back, back[1:] + [back[-1]])])
-        self.head = nn.Conv2d(back[-1], self.out_shape[0], 3, 1, 1)
+        up = lambda *layers: nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *layers)
+        out = nn.Conv2d(back[-1], self.out_shape[0], 3, 1, 1)
+        if head:   # every upsampling block keeps its width; a 3x3 conv at full size gives the image
+            self.decoder = nn.Sequential(*[up(conv_bn_act(a, b, act=activation))
+                                           for a, b in zip(back, back[1:] + [back[-1]])])
+            self.head = out
+        else:      # the published decoder: the last upsampling block's conv gives the image
+            self.decoder = nn.Sequential(*[up(conv_bn_act(a, b, act=activation))
+                                           for a, b in zip(back, back[1:])], up(out))
+            self.head = nn.Identity()
 
     def encode(self, x):
         return self.to_code(self.encoder(x))

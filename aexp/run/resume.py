@@ -27,6 +27,8 @@ ADDED_LATER = {
     # baseline32's code activation was always the stages' own activation
     "model.code_activation": (lambda saved, value: value in (None, saved.get("model.activation")),
                               "model.code_activation=null"),
+    # baseline32 always ended in its full-size conv head
+    "model.head": (lambda saved, value: value in (None, True), "model.head=true"),
     # evaluation only: the training is the same either way
     "eval.quality": (lambda saved, value: True, None),
     "eval.inception_weights": (lambda saved, value: True, None),
