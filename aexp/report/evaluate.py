@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from aexp import draw
 from aexp.build import check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
 from aexp.losses.variational import decoder_log_prob
-from aexp.report import classifier, measures, quality
-from aexp.report.pictures import make_all, sample_codes
+from aexp.report import baselines, measures, quality
+from aexp.report import scores as scores_of
+from aexp.report.pictures import make_all
 
 CURVE_BOUNDS = [round(0.005 * i, 3) for i in range(51)]   # 0 .. 0.25, the accuracy-vs-bound curve
 
@@ -109,59 +109,13 @@ def vae_likelihood(model, data, ev, device) -> dict:
             "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form}
 
 
-def views(run, pred, ev) -> tuple | None:
-    """(test originals, test predictions, as many decoded samples as test images or None) as RGB-like
-    images in [0, 1], what the classifier and the FIDs see; None where they mean nothing."""
-    data = run.data
-    if data.kind != "image":
-        return None
-    test_orig = data.to_rgb(pred["x"], pred["y"])
-    test_pred = data.to_rgb(pred["x"], pred["x_hat"].clamp(0, 1))
-    if test_orig.dim() != 4:
-        return None
-    samples = None
-    if data.task.name == "reconstruct" and pred["sampler"]:   # a VQ code has no sampler
-        codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)))
-        samples = data.to_rgb(None, draw.decode(run.model, codes))
-    return test_orig, test_pred, samples
-
-
-def classifier_accuracy(run, pred, ev, log) -> tuple[dict | None, dict | None]:
-    """(the classifier's accuracy on originals and on predictions, the FID/KID section on its
-    features when `eval.quality`), for labelled image data; (None, None) otherwise."""
-    data, seen = run.data, views(run, pred, ev)
-    if seen is None or data.train.y is None or data.test.y is None or not data.num_classes:
-        return None, None
-    test_orig, test_pred, samples = seen
-    x_tr, y_tr = data.batch(data.train)
-    train_view = data.to_rgb(x_tr, y_tr).float()
-    ds_cfg = OmegaConf.to_container(run.cfg.dataset, resolve=True)
-    view = data.task.name
-    model, path, cached = classifier.get(ds_cfg, view, train_view, data.train.y.long(),
-                                         data.num_classes, ev.classifier.cache_dir,
-                                         int(ev.classifier.epochs), int(ev.seed), log)
-    dev = run.device
-    labels = pred["labels"].to(dev)
-    acc = {"accuracy_original": classifier.accuracy(model, test_orig.to(dev), labels),
-           "accuracy_reconstruction": classifier.accuracy(model, test_pred.to(dev), labels),
-           "cache": str(path), "from_cache": cached}
-    if not ev.get("quality", True):
-        return acc, None
-    samples = None if samples is None else samples.to(dev)
-    return acc, quality.report(model, train_view.to(dev), test_orig.to(dev), test_pred.to(dev), samples)
-
-
-def inception(run, pred, ev) -> dict | None:
-    """`fid_inception` of reconstructions (and samples) against the test images, from the local
-    weights file `eval.inception_weights` (None: not asked for, or not image data)."""
-    seen = views(run, pred, ev)
-    if not ev.get("inception_weights") or seen is None:
-        return None
-    if not quality.available():
-        return {"skipped": "torchmetrics is not installed (pip install -e '.[metrics]')"}
-    test_orig, test_pred, samples = (None if t is None else t.to(run.device) for t in seen)
-    fakes = {"reconstruction": test_pred} if samples is None else {"reconstruction": test_pred, "samples": samples}
-    return quality.inception_fid(ev.inception_weights, test_orig, fakes, int(ev.inception_max_images))
+def baseline(pred: dict, constant: torch.Tensor, task: str, is_image: bool, ev) -> dict:
+    """The model's own measures of a constant prediction on the same test split."""
+    const = {**pred, "x_hat": constant.to(pred["y"].device).expand_as(pred["y"])}
+    out = {"reconstruction": reconstruction(const, is_image)}
+    if task == "colorize":
+        out["colorization"] = colorization(const, list(ev.bounds))
+    return out
 
 
 def sampler(run, pred) -> str | None:
@@ -219,15 +173,21 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
         report["codebook"] = codebook_usage(pred["codes"], model.codebook_size)
     if task == "colorize":
         report["colorization"] = colorization(pred, list(ev.bounds))
+    constants = baselines.constants(data, int(ev.seed))
+    if constants:
+        report["baseline"] = {name: baseline(pred, c, task, data.kind == "image", ev)
+                              for name, c in constants.items()}
     if "mu" in pred and int(ev.nll_samples) > 0:
         report["vae"] = vae_likelihood(model, data, ev, run.device)
     if ev.classifier.enabled:
-        acc, scores = classifier_accuracy(run, pred, ev, log)
+        acc, scores = scores_of.classifier_accuracy(run, pred, ev, log, constants)
         if acc:
-            report["classifier"] = acc
+            report["classifier"] = {k: v for k, v in acc.items() if k != "baseline"}
+            for name, value in acc["baseline"].items():
+                report["baseline"][name]["classifier"] = {"accuracy_reconstruction": value}
         if scores:
             report["quality"] = scores
-    fid = inception(run, pred, ev)
+    fid = scores_of.inception(run, pred, ev)
     if fid:
         report["inception"] = fid
     if pictures:
@@ -245,10 +205,16 @@ def print_table(report: dict) -> None:
     table = Table(title=f"aexp eval · {report['run_dir']}", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in flatten(report).items():
-        if k in ("run_dir", "classifier.cache") or k.endswith(".data"):
+    names = list(report.get("baseline", {}))     # trivial baselines: a column each, beside the model
+    for name in names:
+        table.add_column(f"baseline: {name.replace('_', ' ')}", justify="right")
+    shown = lambda v: "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+    flat = flatten(report)
+    for k, v in flat.items():
+        if k in ("run_dir", "classifier.cache") or k.endswith(".data") or k.startswith("baseline.") \
+                or ".curve." in k:
             continue
-        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+        table.add_row(k, shown(v), *[shown(flat.get(f"baseline.{n}.{k}")) for n in names])
     Console().print(table)
 
 

@@ -104,8 +104,9 @@ def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
     files += plots.latent_scatters(pred, data, out, seed, bool(ev.tsne), int(ev.tsne_points))
     if "colorization" in report:
         c = report["colorization"]["curve"]
-        files.append(plots.curves([("test", c["bounds"], c["accuracy"])], out / "accuracy_vs_bound.png",
-                                  "bound on |error| of a,b", "accuracy", "colourisation accuracy vs bound"))
+        series = [("model", c["bounds"], c["accuracy"])] + plots.baseline_curves(report)
+        files.append(plots.curves(series, out / "accuracy_vs_bound.png", "bound on |error| of a,b",
+                                  "accuracy", "colourisation accuracy vs bound (test)"))
     return files
 
 

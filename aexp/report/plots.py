@@ -123,3 +123,10 @@ def latent_scatters(pred: dict, data, out: Path, seed: int, tsne: bool, tsne_poi
                               None if labels is None else labels[idx], classes,
                               out / "latent_tsne.png", f"t-SNE of {len(idx)} test codes"))
     return files
+
+
+def baseline_curves(report: dict) -> list[tuple]:
+    """The trivial baselines' accuracy-vs-bound curves of an eval report, as plot series."""
+    return [(f"baseline: constant {name.replace('_', ' ')}", b["colorization"]["curve"]["bounds"],
+             b["colorization"]["curve"]["accuracy"])
+            for name, b in report.get("baseline", {}).items() if "colorization" in b]

@@ -132,10 +132,11 @@ def summarize(sweep: Path, metric: str = "best_val_loss", out: Path | None = Non
     if not jobs:
         raise AexpError(f"{sweep} holds no job folders (expected <job>/.hydra/ from `aexp train -m`)")
     out = Path(out) if out else sweep
-    table, runs = [], []
+    table, runs, reports = [], [], []
     for job in jobs:
         row, rows, report = job_row(job)
         table.append(row)
+        reports.append(report)
         runs.append((row, rows, report.get("colorization", {}).get("curve")))
     all_keys = list(dict.fromkeys(k for r in table for k in r))
     swept = [k for k in all_keys if k not in ("job", "status", "note") and not _is_result(k)
@@ -162,7 +163,8 @@ def summarize(sweep: Path, metric: str = "best_val_loss", out: Path | None = Non
     if curves:
         files.append(plots.curves(curves, out / "summary_val_loss_curves.png", "epoch", "validation loss",
                                   "validation loss of every job"))
-    if bound_curves:
+    if bound_curves:   # every job tests on the same split: one job's baselines stand for all
+        bound_curves += plots.baseline_curves(next((r for r in reports if r.get("baseline")), {}))
         files.append(plots.curves(bound_curves, out / "summary_accuracy_vs_bound.png",
                                   "bound on |error| of a,b", "accuracy", "colourisation accuracy vs bound"))
     files += sweep_plots(table, swept, metric, out)

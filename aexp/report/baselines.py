@@ -1,0 +1,53 @@
+"""Trivial baselines: what a model has to beat before its numbers mean anything. Each is a
+constant prediction computed from the training targets, measured on the same test split with the
+same measures as the model, and shown beside it (`eval.json`'s `baseline` section, the eval
+table's baseline column, the summary's curves).
+
+- reconstruction: the mean training image (MSE, MAE, PSNR, SSIM), and the classifier's accuracy
+  on it: one image, so one predicted class for every test sample;
+- colourisation: the median a,b of the training targets (per channel) and the neutral a,b (0.5:
+  no colour), each with the true L: accuracy within every bound, the curve, MAE, and the
+  classifier's accuracy on L + that constant. A colouriser whose accuracy does not beat the
+  median constant has learned nothing the published metric can show."""
+import torch
+
+MEDIAN_VALUES = 1_000_000   # per channel; beyond that the median is taken over a seeded sample
+CHUNK = 4096                # training samples per batch while averaging
+
+
+@torch.no_grad()
+def mean_target(data) -> torch.Tensor:
+    """The mean training target, one sample's shape (summed in float64, in chunks)."""
+    split, total = data.train, None
+    for i in range(0, len(split), CHUNK):
+        idx = torch.arange(i, min(i + CHUNK, len(split)), device=split.x.device)
+        part = data.batch(split, idx)[1].double().sum(0)
+        total = part if total is None else total + part
+    return (total / len(split)).float()
+
+
+@torch.no_grad()
+def median_target(data, seed: int = 0) -> torch.Tensor:
+    """Per-channel median of the training targets' values, [C] (over all samples and pixels, or
+    MEDIAN_VALUES of them drawn with `seed`)."""
+    split, values = data.train, []
+    for i in range(0, len(split), CHUNK):
+        idx = torch.arange(i, min(i + CHUNK, len(split)), device=split.x.device)
+        y = data.batch(split, idx)[1]
+        values.append(y.transpose(0, 1).reshape(y.shape[1], -1).float().cpu())
+    v = torch.cat(values, 1)
+    if v.shape[1] > MEDIAN_VALUES:
+        v = v[:, torch.randperm(v.shape[1], generator=torch.Generator().manual_seed(seed))[:MEDIAN_VALUES]]
+    return v.median(1).values
+
+
+def constants(data, seed: int = 0) -> dict:
+    """{name: one constant target} for the run's task; {} where no baseline is defined."""
+    task = data.task.name
+    if task == "reconstruct":
+        return {"mean_image": mean_target(data).cpu()}
+    if task == "colorize":
+        shape = tuple(data.out_shape)
+        median = median_target(data, seed).view(-1, *[1] * (len(shape) - 1)).expand(shape)
+        return {"median_ab": median.clone(), "neutral_ab": torch.full(shape, 0.5)}
+    return {}

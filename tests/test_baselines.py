@@ -1,0 +1,92 @@
+"""Trivial baselines (report/baselines.py) on hand-made data whose answers are known, and beside
+the model's numbers in eval.json, the eval table and the summary."""
+import json
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from aexp.data import Data, Split
+from aexp.data.tasks import Colorize
+from aexp.models import Autoencoder
+from aexp.report import baselines
+from aexp.report.evaluate import evaluate, print_table, settings
+from conftest import make_mnist, run_cli
+
+
+class _Zero(Autoencoder):
+    """Predicts black images: a model the mean image must beat."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def encode(self, x):
+        return x.flatten(1)[:, :2] * self.w
+
+    def decode(self, z):
+        return torch.zeros(len(z), 1, 2, 2)
+
+
+def _images(values):
+    return torch.tensor(values, dtype=torch.uint8).view(-1, 1, 2, 2)
+
+
+def test_the_mean_image_and_its_error_by_hand(tmp_path):
+    train = _images([[0, 0, 0, 0], [255, 255, 255, 255], [255, 0, 255, 0], [0, 255, 0, 255]])   # mean 0.5
+    test = _images([[255, 255, 255, 255], [0, 0, 0, 0]])
+    data = Data("hand", "image", Split(train), Split(train[:1]), Split(test)).prepare()
+    mean = baselines.mean_target(data)
+    torch.testing.assert_close(mean, torch.full((1, 2, 2), 0.5))
+    run = SimpleNamespace(run_dir=tmp_path, data=data, model=_Zero().eval(), device=torch.device("cpu"),
+                          state={"epoch": 1}, cfg=None)
+    rep = evaluate(run, settings(None, tsne=False, pictures=False))
+    base = rep["baseline"]["mean_image"]["reconstruction"]
+    assert abs(base["mse"] - 0.25) < 1e-7 and abs(base["mae"] - 0.5) < 1e-7   # every pixel 0.5 off
+    assert abs(base["psnr"] - 10 * torch.log10(torch.tensor(4.0)).item()) < 1e-4
+    assert abs(rep["reconstruction"]["mse"] - 0.5) < 1e-7                      # black: half the images 1 off
+    assert json.loads((tmp_path / "eval.json").read_text())["baseline"] == rep["baseline"]
+
+
+def test_the_median_ab_constant_and_its_accuracy_by_hand(tmp_path):
+    # the colouriser's targets are a,b of the photos; grey photos have a = b = 0.5 exactly
+    grey = torch.full((6, 3, 4, 4), 128, dtype=torch.uint8)
+    red = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    red[:, 0] = 255
+    data = Data("hand", "image", Split(torch.cat([grey, red])), Split(grey[:1]),
+                Split(torch.cat([grey[:3], red[:1]]))).prepare(Colorize())
+    median = baselines.median_target(data)
+    _, y_grey = data.batch(data.train, torch.arange(1))
+    torch.testing.assert_close(median, y_grey[0, :, 0, 0])      # six of eight training photos are grey
+    const = baselines.constants(data)["median_ab"]
+    _, y_test = data.batch(data.test)
+    exact = (const.expand_as(y_test) - y_test).abs() <= 0.01
+    assert exact.float().mean() == 0.75                            # right on the 3 grey, wrong on the red
+    run = SimpleNamespace(run_dir=tmp_path, data=data, model=_Zero().eval(), device=torch.device("cpu"),
+                          state={"epoch": 1}, cfg=None)
+    from aexp.report.evaluate import baseline
+    pred = {"x": data.batch(data.test)[0], "y": y_test, "x_hat": y_test}
+    got = baseline(pred, const, "colorize", True, settings(None))
+    assert got["colorization"]["accuracy"]["0.01"] == 0.75
+    neutral = baseline(pred, baselines.constants(data)["neutral_ab"], "colorize", True, settings(None))
+    assert neutral["colorization"]["accuracy"]["0.1"] == 0.75      # grey is neutral too
+
+
+def test_baselines_sit_beside_the_model_in_the_table_and_the_summary(tmp_path, capsys):
+    root = make_mnist(tmp_path / "data")
+    sweep = tmp_path / "sweep"
+    code, err = run_cli(["train", "-m", "dataset=mnist", f"dataset.root={root}", "model=mlp", "model.hidden=[16]",
+                         "dataset.val_size=20", "train.epochs=1", "frames.enabled=false", "eval.tsne=false",
+                         "eval.pictures=false", "optimizer.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}"], capsys)
+    assert code == 0, err[-1500:]
+    report = json.loads((sweep / "0" / "eval.json").read_text())
+    mean = report["baseline"]["mean_image"]
+    assert mean["reconstruction"]["mse"] > 0 and 0 < mean["classifier"]["accuracy_reconstruction"] < 1
+    capsys.readouterr()
+    print_table(report)
+    table = capsys.readouterr().out
+    assert "baseline: mean image" in table
+    code, err = run_cli(["summary", sweep], capsys)
+    assert code == 0, err
+    header = (sweep / "summary.csv").read_text().splitlines()[0]
+    assert "eval.reconstruction.mse" in header and "eval.baseline.mean_image.reconstruction.mse" in header
