@@ -8,7 +8,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from aexp.errors import AexpError, FolderBusy, Interrupted
+from aexp.errors import AexpError, FolderBusy, Interrupted, one_line
 from aexp.io import folder_lock
 
 TRUST_ENV = "AEXP_TRUST"   # aexp.trust reads it; not imported here, which would bring omegaconf
@@ -59,15 +59,6 @@ def _fail(message: str, code: int = 2) -> int:
     if os.environ.get("AEXP_DEBUG"):
         raise
     return code
-
-
-def _one_line(e: BaseException) -> str:
-    """Hydra and OmegaConf errors span several lines (and a cause): fold them into one."""
-    text = " ".join(str(e).split()).split(" Config search path:")[0]
-    cause = e.__cause__
-    if cause is not None and str(cause).strip():
-        text += f" ({str(cause).strip().splitlines()[0]})"
-    return text or type(e).__name__
 
 
 def _load(target: str):
@@ -126,7 +117,7 @@ def _hydra(command: Command, argv: list[str]) -> int:
     except AexpError as e:
         return _fail(str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
-        return _fail(_one_line(e))
+        return _fail(one_line(e))
     except Exception as e:
         if not type(e).__module__.startswith("submitit."):
             raise
