@@ -1,5 +1,6 @@
 """aexp: config-driven autoencoder experiments (train, render, evaluate). From Python:
-`aexp.compose`, `aexp.train`, `aexp.load_run`, `aexp.evaluate` (aexp/api.py)."""
+`aexp.compose`, `aexp.train`, `aexp.load_run`, `aexp.evaluate`, `aexp.load_safetensors`
+(aexp/api.py)."""
 
 __version__ = "0.1.0"
 
@@ -20,7 +21,7 @@ _register_resolvers()
 # The Python API lives in aexp/api.py (the top layer) and is imported on first use: `import aexp`
 # stays without torch and Hydra, which `aexp render` and `aexp explore` (importing the package
 # too) start without.
-API = ("compose", "train", "load_run", "evaluate")
+API = ("compose", "train", "load_run", "evaluate", "load_safetensors")
 
 
 def __getattr__(name: str):

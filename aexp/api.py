@@ -1,6 +1,6 @@
-"""The Python API, for notebooks: `aexp.compose`, `aexp.train`, `aexp.load_run` and
-`aexp.evaluate`. The package hands these out on first use (aexp/__init__.py), so `import aexp`
-stays cheap. Each goes through what the CLI uses, nothing of its own: the same
+"""The Python API, for notebooks: `aexp.compose`, `aexp.train`, `aexp.load_run`, `aexp.evaluate`
+and `aexp.load_safetensors`. The package hands these out on first use (aexp/__init__.py), so
+`import aexp` stays cheap. Each goes through what the CLI uses, nothing of its own: the same
 config tree, the same job (aexp.jobs: check, lock, train, evaluate, mark finished), the same
 run-folder reader with its trust check (aexp.build.load_run), the same evaluation."""
 import contextlib
@@ -23,6 +23,7 @@ from aexp.build import load_run as build_load_run
 from aexp.errors import ConfigError, one_line
 from aexp.io import read_csv
 from aexp.report import evaluate as report_evaluate
+from aexp.report.export import read_safetensors
 from aexp.trust import ENV as TRUST_ENV
 
 # What each config from `compose` was composed from (by id, checked by identity), so a run
@@ -131,6 +132,13 @@ def evaluate(run: LoadedRun, **settings) -> dict:
     ev = report_evaluate.settings(run.cfg, checkpoint=getattr(run, "checkpoint", None), **settings)
     check_values(OmegaConf.create({"eval": ev}))
     return report_evaluate.evaluate(run, ev, log=print, pictures=bool(ev.pictures))
+
+
+def load_safetensors(path, device: str = "cpu", trust: bool = False):
+    """The model of an `aexp export --format safetensors` file, in eval mode: rebuilt from the
+    config in its metadata (the same trust check as a run folder), then every tensor loaded."""
+    with trusting(trust):
+        return read_safetensors(Path(path).expanduser(), device=device)
 
 
 @contextlib.contextmanager

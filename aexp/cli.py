@@ -35,6 +35,8 @@ COMMANDS = [
             "aexp.report.summary:main"),
     Command("explore", "RUN_DIR", "write RUN_DIR/explorer.html, a page to click around the latent "
             "space (--serve)", "aexp.report.explore:main"),
+    Command("export", "RUN_DIR", "the model as safetensors, or its encoder and decoder as onnx or "
+            "pt2 graphs (--format)", "aexp.report.export:main"),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 
@@ -50,6 +52,7 @@ examples:
   aexp eval outputs/2026-01-01/12-00-00_3f9a
   aexp summary multirun/2026-01-01/12-00-00_b71c --metric best_val_loss
   aexp explore outputs/2026-01-01/12-00-00_3f9a --projection tsne
+  aexp export outputs/2026-01-01/12-00-00_3f9a --format onnx
 """
 
 
