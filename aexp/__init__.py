@@ -1,4 +1,6 @@
-"""aexp: config-driven autoencoder experiments (train, render, evaluate)."""
+"""aexp: config-driven autoencoder experiments (train, render, evaluate). From Python:
+`aexp.compose`, `aexp.train`, `aexp.load_run`, `aexp.evaluate`, `aexp.load_safetensors`
+(aexp/api.py)."""
 
 __version__ = "0.1.0"
 
@@ -15,3 +17,19 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
+
+# The Python API lives in aexp/api.py (the top layer) and is imported on first use: `import aexp`
+# stays without torch and Hydra, which `aexp render` and `aexp explore` (importing the package
+# too) start without.
+API = ("compose", "train", "load_run", "evaluate", "load_safetensors")
+
+
+def __getattr__(name: str):
+    if name in API:
+        from aexp import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'aexp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *API})

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from aexp.errors import AexpError, FolderBusy, Interrupted
+from aexp.errors import AexpError, FolderBusy, Interrupted, one_line
 from aexp.io import folder_lock
 
 TRUST_ENV = "AEXP_TRUST"   # aexp.trust reads it; not imported here, which would bring omegaconf
@@ -35,6 +35,8 @@ COMMANDS = [
             "aexp.report.summary:main"),
     Command("explore", "RUN_DIR", "write RUN_DIR/explorer.html, a page to click around the latent "
             "space (--serve)", "aexp.report.explore:main"),
+    Command("export", "RUN_DIR", "the model as safetensors, or its encoder and decoder as onnx or "
+            "pt2 graphs (--format)", "aexp.report.export:main"),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 
@@ -50,6 +52,7 @@ examples:
   aexp eval outputs/2026-01-01/12-00-00_3f9a
   aexp summary multirun/2026-01-01/12-00-00_b71c --metric best_val_loss
   aexp explore outputs/2026-01-01/12-00-00_3f9a --projection tsne
+  aexp export outputs/2026-01-01/12-00-00_3f9a --format onnx
 """
 
 
@@ -59,15 +62,6 @@ def _fail(message: str, code: int = 2) -> int:
     if os.environ.get("AEXP_DEBUG"):
         raise
     return code
-
-
-def _one_line(e: BaseException) -> str:
-    """Hydra and OmegaConf errors span several lines (and a cause): fold them into one."""
-    text = " ".join(str(e).split()).split(" Config search path:")[0]
-    cause = e.__cause__
-    if cause is not None and str(cause).strip():
-        text += f" ({str(cause).strip().splitlines()[0]})"
-    return text or type(e).__name__
 
 
 def _load(target: str):
@@ -126,7 +120,7 @@ def _hydra(command: Command, argv: list[str]) -> int:
     except AexpError as e:
         return _fail(str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
-        return _fail(_one_line(e))
+        return _fail(one_line(e))
     except Exception as e:
         if not type(e).__module__.startswith("submitit."):
             raise

@@ -53,6 +53,15 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def one_line(e: BaseException) -> str:
+    """Hydra and OmegaConf errors span several lines (and a cause): fold them into one."""
+    text = " ".join(str(e).split()).split(" Config search path:")[0]
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        text += f" ({str(cause).strip().splitlines()[0]})"
+    return text or type(e).__name__
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for the commands, whose usage errors (an unknown option, a bad value) are one
     line and exit code 2 like every other refusal, not a usage block; `--help` is unchanged."""

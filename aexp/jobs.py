@@ -92,18 +92,32 @@ def pin_gpu(job_num: int) -> None:
 def run_job(cfg, run_dir: Path, job_num: int | None = None, overrides: list[str] = ()) -> float:
     """Train `cfg` into `run_dir` unless it already finished there; return the objective.
     `overrides` (the command line's) are kept in checkpoints, for `resume=`."""
-    run_dir = Path(run_dir)
+    with _one_run(cfg, run_dir):
+        _complete(cfg, Path(run_dir), job_num, overrides)
+        return objective(cfg, run_dir)
+
+
+def complete(cfg, run_dir: Path, overrides: list[str] = ()) -> dict:
+    """The same job for the Python API (aexp.api.train): train `cfg` into `run_dir` unless it
+    already finished there; return the final metrics row (the stored one when it had)."""
+    with _one_run(cfg, run_dir):
+        return _complete(cfg, Path(run_dir), None, overrides)
+
+
+@contextlib.contextmanager
+def _one_run(cfg, run_dir: Path):
     check_config(cfg)   # every value, before anything is loaded or trained
     # one run per folder at a time (rank 0 holds it for every rank of a torchrun)
-    with folder_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
-        return _run_job(cfg, run_dir, job_num, overrides)
+    with folder_lock(Path(run_dir)) if distributed.is_main() else contextlib.nullcontext():
+        yield
 
 
-def _run_job(cfg, run_dir: Path, job_num: int | None, overrides) -> float:
-    if finished(cfg, run_dir):
+def _complete(cfg, run_dir: Path, job_num: int | None, overrides) -> dict:
+    record = finished(cfg, run_dir)
+    if record:
         if distributed.is_main():
             console.print(f"[bold]aexp[/] {run_dir} already holds this finished run: skipped")
-        return objective(cfg, run_dir)
+        return record.get("final", {})
     if job_num is not None and cfg.device == "auto":
         pin_gpu(job_num)
     row = train(cfg, run_dir, overrides=overrides)
@@ -111,7 +125,7 @@ def _run_job(cfg, run_dir: Path, job_num: int | None, overrides) -> float:
         evaluate_run(cfg, run_dir)
         mark_finished(cfg, run_dir, row)
     distributed.barrier()   # the other ranks read the objective only once rank 0 has written it
-    return objective(cfg, run_dir)
+    return row
 
 
 def evaluate_run(cfg, run_dir: Path) -> None:

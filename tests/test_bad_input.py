@@ -199,6 +199,18 @@ CASES = [
     (["summary", "{r}/sweep", "--metric", "nope"], "--metric nope is not a column of the summary"),
     (["summary", "{r}/sweep", "--out", "{r}/a_file/out"], "{r}/a_file/out"),
     (["summary"], "the following arguments are required: sweep_dir"),
+    # export: its arguments, then the run folder (the good run's model is the linear colour AE)
+    (["export", "{r}/good"], "the following arguments are required: --format"),
+    (["export"], "the following arguments are required: run_dir, --format"),
+    (["export", "{r}/good", "--format", "tflite"], "argument --format: invalid choice: 'tflite'"),
+    (["export", "{r}/good", "--format", "pt2", "--checkpoint", "newest"],
+     "argument --checkpoint: invalid choice: 'newest'"),
+    (["export", "{r}/missing", "--format", "onnx"], "no such run folder: {r}/missing"),
+    (["export", "{r}/a_file", "--format", "pt2"], "no such run folder: {r}/a_file"),
+    (["export", "{r}/nockpt", "--format", "safetensors"], "checkpoint not found"),
+    (["export", "{r}/truncated", "--format", "pt2", "--checkpoint", "last"], "cannot load checkpoint"),
+    (["export", "{r}/foreign", "--format", "pt2", "--checkpoint", "last"], "is not an aexp checkpoint"),
+    (["export", "{r}/good", "--format", "pt2", "--out", "{r}/a_file/out"], "Not a directory"),
     # the command itself
     (["bogus"], "unknown command 'bogus'"),
     (["--bogus"], "unknown command '--bogus'"),
@@ -207,7 +219,8 @@ CASES = [
 
 def test_the_table_covers_every_command():
     assert len(CASES) >= 100
-    assert {a[0] for a, _ in CASES} >= {"train", "lr-find", "render", "eval", "summary", "explore"}
+    assert {a[0] for a, _ in CASES} >= {"train", "lr-find", "render", "eval", "summary", "explore",
+                                        "export"}
 
 
 @pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])

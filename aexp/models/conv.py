@@ -92,11 +92,11 @@ class ConvAE(Autoencoder):
     def decode(self, z, sizes=None, snap=True):
         sizes = sizes or self.sizes
         if self.quantizer is not None:
-            h = z.reshape(len(z), self.quantizer.dim, *sizes[-1])
+            h = z.reshape(z.shape[0], self.quantizer.dim, *sizes[-1])
             h = self.post_vq(self.quantizer.snap(h) if snap else h)
         else:
             h = z if self.unbottleneck is None else self.unbottleneck(z)
-            h = h.view(len(z), self.feature_shape[0], *sizes[-1])
+            h = h.view(z.shape[0], self.feature_shape[0], *sizes[-1])
         for block, size in zip(self.decoder, sizes[-2::-1]):
             h = block(h, size)
         return self.out_act(h)

@@ -72,7 +72,7 @@ class PoolingCNN(Autoencoder):
 
     def decode(self, z, sizes=None):
         sizes = sizes or self.sizes
-        h = z.view(len(z), self.width, *sizes[-1])
+        h = z.view(z.shape[0], self.width, *sizes[-1])
         for block, size in zip(self.up, sizes[-2::-1]):
             h = block(F.interpolate(h, size=size, mode="nearest"))
         return self.head(h)
@@ -135,7 +135,7 @@ class Baseline32(Autoencoder):
         return self.to_code(self.encoder(x))
 
     def decode(self, z, size=None):
-        h = self.decoder(self.from_code(z).view(len(z), *self.feature_shape))
+        h = self.decoder(self.from_code(z).view(z.shape[0], *self.feature_shape))
         h = F.interpolate(h, size=tuple(size or self.out_shape[1:]), mode="nearest")
         return OUTPUTS[self.output](self.head(h))
 
