@@ -90,3 +90,26 @@ def test_baselines_sit_beside_the_model_in_the_table_and_the_summary(tmp_path, c
     assert code == 0, err
     header = (sweep / "summary.csv").read_text().splitlines()[0]
     assert "eval.reconstruction.mse" in header and "eval.baseline.mean_image.reconstruction.mse" in header
+
+
+def test_a_colorization_sweep_summary_has_baselines_and_one_picture_grid(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(photos / f"{i:02d}.png")
+    sweep = tmp_path / "sweep"
+    code, err = run_cli(["train", "-m", "+experiment=colorize_daisy", f"dataset.root={photos}", "dataset.size=16",
+                         "model.width=4", "model.pooling=0,1", "train.max_steps=2", "frames.enabled=false",
+                         "eval.tsne=false", f"hydra.sweep.dir={sweep}"], capsys)
+    assert code == 0, err[-1500:]
+    code, err = run_cli(["summary", sweep], capsys)
+    assert code == 0, err
+    header = (sweep / "summary.csv").read_text().splitlines()[0]
+    assert "eval.baseline.median_ab.colorization.accuracy.0.1" in header
+    grid = Image.open(sweep / "summary_colorization.png")
+    assert grid.height >= 4 * 64 and grid.width >= 8 * 64  # original, L, a row per job; 16 px shown at 64
+    assert "model.pooling=1" in (sweep / "summary_colorization.txt").read_text()
+    assert (sweep / "summary_accuracy_vs_bound.png").is_file()

@@ -220,3 +220,21 @@ def interpolations(out, model, data, pred, seed) -> list[Path]:
     frames = [np.kron(f, np.ones((k, k, 1), np.uint8)) for f in frames]
     files.append(write_video(out / "interpolation.gif", frames, fps=12, gif=True))
     return files
+
+
+@torch.no_grad()
+def sweep_colorization(runs: list[tuple], path: Path, n: int = 8, seed: int = 0) -> Path:
+    """One grid for a colourisation sweep: the same `n` test photos as original, L, and each
+    job's prediction (a row group per job, in `runs` order: [(label, loaded run), ...]). Jobs
+    share the test split (same data config and seed), so the photos are the same ones."""
+    data = runs[0][1].data
+    idx = pick(len(data.test), n, seed).to(data.test.x.device)
+    x, y = data.batch(data.test, idx)
+    rows = [as_images(data.to_rgb(x, y)), as_images(data.to_rgb(x, torch.full_like(y, 0.5)))]
+    for _, run in runs:
+        xr, _ = run.data.batch(run.data.test, idx.to(run.data.test.x.device))
+        rows.append(as_images(run.data.to_rgb(xr, run.model(xr).x_hat.clamp(0, 1)).cpu()))
+    save(rows_over(*rows, cols=n), path, rows[0].shape[1])
+    (path.with_suffix(".txt")).write_text("rows: original, L (a,b = 0.5), then\n" +
+                                          "\n".join(label for label, _ in runs) + "\n")
+    return path

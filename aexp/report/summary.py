@@ -64,6 +64,8 @@ def job_row(job: Path) -> tuple[dict, list[dict], dict]:
         note = (job / "FAILED").read_text().strip().splitlines()[:1]
     elif not (job / "checkpoints" / "last.pt").is_file():
         status, note = "incomplete", ["no checkpoint"]
+    elif (job / "COMPLETED.json").is_file():     # the job said so (it may stop at train.max_steps)
+        status, note = "done", []
     elif epochs is not None and (not rows or rows[-1]["epoch"] < epochs):
         status, note = "incomplete", [f"{rows[-1]['epoch'] if rows else 0} of {epochs} epochs"]
     else:
@@ -168,7 +170,29 @@ def summarize(sweep: Path, metric: str = "best_val_loss", out: Path | None = Non
         files.append(plots.curves(bound_curves, out / "summary_accuracy_vs_bound.png",
                                   "bound on |error| of a,b", "accuracy", "colourisation accuracy vs bound"))
     files += sweep_plots(table, swept, metric, out)
+    if bound_curves:
+        files += colorization_grid(jobs, table, swept, out)
     return table, files
+
+
+def colorization_grid(jobs, table, swept, out: Path) -> list[Path]:
+    """`summary_colorization.png`: the same test photos through every finished job's best
+    checkpoint. A job that cannot be loaded (refused as untrusted, broken) is left out with one
+    line saying why."""
+    from aexp.build import load_run
+    from aexp.report.pictures import sweep_colorization
+    runs = []
+    for job, row in zip(jobs, table):
+        if row["status"] != "done":
+            continue
+        try:
+            run = load_run(job, "best", device="cpu")
+        except AexpError as e:
+            print(f"summary: {job.name} left out of summary_colorization.png: {e}")
+            continue
+        label = ", ".join(f"{k}={row[k]}" for k in swept if row.get(k) is not None) or f"job {row['job']}"
+        runs.append((label, run))
+    return [sweep_colorization(runs, out / "summary_colorization.png")] if runs else []
 
 
 def _varies(table, key) -> bool:
