@@ -51,8 +51,8 @@ CHOICES = {
     "eval.likelihood": ("bernoulli", "gaussian"),
     "objective.reduce": ("last", "min", "max"),
 }
-# Settings taking the word auto or a value of another kind: key -> (such a value, null too?, words)
-AUTO = {"train.channels_last": (True, False, "auto, true or false")}
+AUTO = {"train.threads": (1, True, "auto, an integer or null"),       # auto or a value of another kind:
+        "train.channels_last": (True, False, "auto, true or false")}  # (such a value, null too?, words)
 KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
          (list, "a list"))
 

@@ -1,6 +1,7 @@
 """train.channels_last: auto decides the memory layout from the model's convolutions against its
 normalisation layers (aexp.models.cost); true and false force it. The cost profile that decides
-it counts one forward pass without changing the model or the random state."""
+it (and train.threads=auto) counts one forward pass without changing the model or the random
+state."""
 import pytest
 import torch
 

@@ -4,7 +4,8 @@ the same answer on a busy machine as on a quiet one), and the memory layout that
 `profile` runs one forward pass on one sample under torch's FLOP counter: the floating-point
 operations of every matmul and convolution (multiply and add counted apart), the convolutions'
 share, and how many values normalisation layers (BatchNorm, InstanceNorm, GroupNorm) touch.
-`channels_last` decides `train.channels_last: auto` from it."""
+`channels_last` decides `train.channels_last: auto` from it; `aexp.run.threads` decides
+`train.threads: auto` from the FLOPs."""
 from dataclasses import dataclass
 
 import torch
