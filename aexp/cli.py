@@ -180,6 +180,15 @@ def _named_folder_lock(command: Command, args: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # OpenMP threads that finish a parallel region early spin for a while (libgomp: ~300,000
+    # iterations) before they sleep: on a busy machine they burn the cores the late thread needs.
+    # PASSIVE makes them sleep at once (a conv AE step at 2 threads beside two busy processes:
+    # 20-30 ms instead of 50-900 ms; 1 thread: 14-25 ms). libgomp reads this only when it loads,
+    # with torch, so it is set here, before any command imports torch; it does nothing where
+    # torch is already loaded (`main` called in-process, as the tests do), and a value set by
+    # the user wins. (torch.set_num_interop_threads is left alone: eager training runs no
+    # inter-op work, and it may be called once per process only.)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2

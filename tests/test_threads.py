@@ -1,7 +1,7 @@
 """CPU threads decided by the code: `train.threads` (auto, a number, null) from the step's counted
 cost and the cores shared among the jobs running at once (joblib's n_jobs, torchrun's
-LOCAL_WORLD_SIZE, AEXP_JOBS), the run banner saying so, and a run trained under other threads
-going on under auto. Tiny models; cores and jobs monkeypatched."""
+LOCAL_WORLD_SIZE, AEXP_JOBS), the run banner saying so, a run trained under other threads going on
+under auto, and the wait policy the CLI gives OpenMP. Tiny models; cores and jobs monkeypatched."""
 import os
 
 import pytest
@@ -142,6 +142,15 @@ def test_an_in_process_joblib_job_sees_its_jobs_and_leaves_no_trace(tmp_path, ca
     code, _ = run_cli(["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", *SMALL,
                        f"hydra.sweep.dir={tmp_path}"], capsys)   # n_jobs=1: joblib runs it here
     assert code == 0 and seen == ["1"] and threads.JOBS_ENV not in os.environ
+
+
+def test_the_cli_makes_openmp_threads_sleep_unless_told_otherwise(monkeypatch, capsys):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cli.main(["--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cli.main(["--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 @pytest.mark.slow

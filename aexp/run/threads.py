@@ -20,8 +20,8 @@ from aexp.models.cost import profile
 # 52 MFLOP 1.36x, 359 MFLOP 1.67x, conv AEs of 208 MFLOP 1.38x and 2.2 GFLOP 1.71x. Beside one
 # spinning process the crossover stayed near 10 MFLOP (6.7 MFLOP 1.02x, 13 MFLOP 1.08x, 52 MFLOP
 # 1.20x), though bigger steps lost there too while OpenMP's waiting threads spun (208 MFLOP
-# 0.55x). So a thread per 10 MFLOP of the step, up to this process's share of the cores: under
-# 20 MFLOP, one.
+# 0.55x), which the passive wait policy the CLI sets largely removes (aexp.cli.main). So a thread
+# per 10 MFLOP of the step, up to this process's share of the cores: under 20 MFLOP, one.
 FLOPS_PER_THREAD = 10e6
 # The backward pass costs about twice the forward (gradients for the inputs and for the weights).
 STEP_PER_FORWARD = 3
