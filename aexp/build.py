@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aexp import checkpoint, trust
 from aexp.errors import AexpError, CheckpointError, ConfigError, unwrap
+from aexp.models import cost
 
 
 def conf_dir() -> Path:
@@ -51,6 +52,8 @@ CHOICES = {
     "eval.likelihood": ("bernoulli", "gaussian"),
     "objective.reduce": ("last", "min", "max"),
 }
+AUTO = {"train.threads": (1, True, "auto, an integer or null"),       # auto or a value of another kind:
+        "train.channels_last": (True, False, "auto, true or false")}  # (such a value, null too?, words)
 KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
          (list, "a list"))
 
@@ -143,7 +146,11 @@ def _walk(values: dict, spec: dict, prefix: str, skip=()) -> None:
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
             raise ConfigError(f"unknown config key {name}{hint}")
         default = spec[key]
-        if isinstance(default, dict):
+        if name in AUTO:
+            kind, nullable, text = AUTO[name]
+            if value != "auto" and not (nullable and value is None) and not _same_kind(value, kind):
+                raise ConfigError(f"{name} must be {text}, got {value!r}")
+        elif isinstance(default, dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{name} must be a group of settings, got {value!r}")
             _walk(value, default, f"{name}.")
@@ -230,10 +237,9 @@ def build_parts(cfg, device) -> tuple:
     run config: what training, evaluation and every command that loads a finished run share."""
     data = build(cfg.dataset).prepare(build(cfg.task), build(cfg.corruption)).to(device)
     model = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape).to(device)
-    if cfg.train.get("channels_last", True):
-        # 4-D weights stored NHWC: convolutions run 1.2-1.4x faster on CPU (oneDNN) and suit
-        # tensor cores on GPU; a model without convolutions is unchanged
-        model = model.to(memory_format=torch.channels_last)
+    x, _ = data.batch(data.train, torch.arange(min(1, len(data.train)), device=data.train.x.device))
+    if cost.channels_last(cfg.train.get("channels_last", "auto"), model, device, x):
+        model = model.to(memory_format=torch.channels_last)   # when it pays: aexp.models.cost
     return data, model, build_loss(cfg.loss, data_size=len(data.train))
 
 

@@ -12,6 +12,7 @@ from aexp.errors import AexpError, FolderBusy, Interrupted, one_line
 from aexp.io import folder_lock
 
 TRUST_ENV = "AEXP_TRUST"   # aexp.trust reads it; not imported here, which would bring omegaconf
+JOBS_ENV = "AEXP_JOBS"     # aexp.run.threads reads it (importing it here would bring torch)
 
 
 class Command(NamedTuple):
@@ -88,6 +89,10 @@ def _hydra(command: Command, argv: list[str]) -> int:
         hc = HydraConfig.get()
         run_dir = distributed.agree(Path(hc.runtime.output_dir))
         multirun = hc.mode == RunMode.MULTIRUN
+        side_by_side = _joblib_jobs(hc.launcher) if multirun else None
+        jobs_before = os.environ.get(JOBS_ENV)
+        if side_by_side:   # aexp.run.threads shares the cores among the jobs running at once
+            os.environ[JOBS_ENV] = str(side_by_side)
         try:   # returns the objective: what a sweeper such as Optuna optimises
             return task(cfg, run_dir, job_num=hc.job.num if multirun else None,
                         overrides=list(hc.overrides.task))
@@ -104,6 +109,9 @@ def _hydra(command: Command, argv: list[str]) -> int:
                 sys.exit(code)
             if not isinstance(e, FolderBusy):   # a busy folder is another run's: left alone
                 (run_dir / "FAILED").write_text(f"{text}\n")  # the sweep goes on; the job is marked
+        finally:   # (joblib runs n_jobs=1 in this very process)
+            if side_by_side:
+                _restore(JOBS_ENV, jobs_before)
 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -133,6 +141,26 @@ def _hydra(command: Command, argv: list[str]) -> int:
     return status["code"]
 
 
+def _joblib_jobs(launcher) -> int | None:
+    """How many jobs Hydra's joblib launcher runs at once: its n_jobs, a negative one counted
+    back from the cores as joblib does (-1 = all); None for other launchers. (A sweep of fewer
+    jobs runs fewer: each then gets fewer threads than it could.)"""
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return None
+    n = launcher.get("n_jobs") or 1   # joblib: None = 1
+    if n < 0:
+        import joblib
+        n = joblib.cpu_count() + 1 + n
+    return max(1, n)
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def _named_folder_lock(command: Command, args: list[str]):
     """A single `aexp train` into a folder named on the command line (hydra.run.dir=, which
     resume= sets) locks it before Hydra writes its .hydra/ files there, so a second run into a
@@ -146,6 +174,15 @@ def _named_folder_lock(command: Command, args: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # OpenMP threads that finish a parallel region early spin for a while (libgomp: ~300,000
+    # iterations) before they sleep: on a busy machine they burn the cores the late thread needs.
+    # PASSIVE makes them sleep at once (a conv AE step at 2 threads beside two busy processes:
+    # 20-30 ms instead of 50-900 ms; 1 thread: 14-25 ms). libgomp reads this only when it loads,
+    # with torch, so it is set here, before any command imports torch; it does nothing where
+    # torch is already loaded (`main` called in-process, as the tests do), and a value set by
+    # the user wins. (torch.set_num_interop_threads is left alone: eager training runs no
+    # inter-op work, and it may be called once per process only.)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
@@ -175,10 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({e.filename})" if e.filename else ""   # disk, a port in use
         return _fail(f"{e.strerror or e}{where}")
     finally:
-        if trusting and before is None:
-            del os.environ[TRUST_ENV]
-        elif trusting:
-            os.environ[TRUST_ENV] = before
+        if trusting:
+            _restore(TRUST_ENV, before)
 
 
 if __name__ == "__main__":

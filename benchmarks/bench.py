@@ -4,10 +4,15 @@ In one run, on one machine: aexp's training throughput for the dense AE, the con
 on MNIST-shaped data; the same models trained the way tutorials write it (torchvision MNIST with
 ToTensor, a DataLoader, a per-batch `.item()`); the fraction of measured matmul peak that the
 dense AE's step reaches; conv training steps with NCHW vs channels_last weights; the per-epoch
-cost of frames + metrics; `aexp render` time per frame.
+cost of frames + metrics; `aexp render` time per frame; and speed in the field (benchmarks/field.py):
+the default run beside a busy process with `train.threads=auto` vs torch's default, and a 4-job
+joblib sweep on 2 cores vs the jobs one after another.
 Writes `outputs/bench/bench.json` and `outputs/bench/bench.md`.
 """
-import argparse
+import os
+# the in-process rows run as `aexp train` does: OpenMP waits sleep (aexp.cli.main), set before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import argparse  # noqa: E402
 import json
 import platform
 import statistics
@@ -28,6 +33,7 @@ from aexp.data import mnist
 from aexp.io import read_csv
 from aexp.report.render import render
 from aexp.run.train import train
+from field import busy_machine, markdown as field_markdown, sweep_on_two_cores
 
 MODELS = {  # bench name -> aexp config overrides (model and loss as a user would pick them)
     "dense AE": ["model=mlp", "loss=bce"],
@@ -36,9 +42,14 @@ MODELS = {  # bench name -> aexp config overrides (model and loss as a user woul
 }
 
 
+# aexp's runs in this process use the threads the conventional loop gets: --threads, else
+# torch's default (train.threads=auto has rows of its own, benchmarks/field.py)
+THREADS = ["train.threads=null"]
+
+
 def compose(overrides):
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=[*overrides, *THREADS])
 
 
 def synthetic_mnist(root: Path, n_train=60000, n_test=10000) -> Path:
@@ -220,9 +231,12 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
     ap.add_argument("--out", type=Path, default=Path("outputs/bench"))
     ap.add_argument("--threads", type=int, help="torch CPU threads for every measurement (default: torch's)")
+    ap.add_argument("--busy-epochs", type=int, default=8, help="epochs of each busy-machine run")
+    ap.add_argument("--sweep-epochs", type=int, default=20, help="epochs of each job of the 4-job sweep")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+        THREADS[:] = [f"train.threads={args.threads}"]
     device = str(resolve_device(args.device))
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.root) if args.root else synthetic_mnist(Path(tmp.name))
@@ -247,6 +261,8 @@ def main(argv=None) -> int:
     report["channels_last"] = layout_speedup(device)
     report["frames_metrics_overhead"] = frame_overhead(root, device)
     report["render"] = render_per_frame(device)
+    report["busy_machine"] = busy_machine(args.busy_epochs)
+    report["sweep_on_two_cores"] = sweep_on_two_cores(args.sweep_epochs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     (args.out / "bench.md").write_text(markdown(report))
@@ -275,6 +291,7 @@ def markdown(r) -> str:
     for name, v in r["frames_metrics_overhead"].items():
         lines.append(f"Frames + metrics overhead, {name}: {v['overhead_pct']:.1f}% of a {v['epoch_s']:.2f} s epoch")
     lines.append(f"\n`aexp render`: {r['render']['ms_per_frame']:.1f} ms per frame")
+    lines += field_markdown(r["busy_machine"], r["sweep_on_two_cores"])
     return "\n".join(lines) + "\n"
 
 

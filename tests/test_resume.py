@@ -150,3 +150,19 @@ def test_a_run_made_before_an_option_existed_resumes_when_the_option_reproduces_
         check_same_config(old, {**now, "model": {**old["model"], "code_activation": "none"}}, "old")
     with pytest.raises(ConfigError, match="differs at train.new_knob .*give the run's own options"):
         check_same_config(old, {**now, "train": {**now["train"], "new_knob": 1}}, "old")
+
+
+@pytest.mark.parametrize("saved", [{"threads": None, "channels_last": True}, {"threads": 2, "channels_last": False},
+                                   {}])
+def test_a_run_saved_under_other_speed_settings_resumes_and_stays_finished(saved):
+    """Thread count and memory layout say how fast, not what: a run saved under `threads: null`
+    or a number, `channels_last: true` or false, or before either existed, resumes under today's
+    `auto` defaults, and a finished one stays finished."""
+    from aexp.errors import ConfigError
+    from aexp.run.resume import check_same_config, differences
+    old = {"model": {"_target_": "aexp.models.dense.MLP"}, "train": {"epochs": 3, **saved}}
+    now = {"model": old["model"], "train": {"epochs": 3, "threads": "auto", "channels_last": "auto"}}
+    check_same_config(old, now, "old")
+    assert differences(old, now) == []
+    with pytest.raises(ConfigError, match="differs at train.epochz"):   # anything else still counts
+        check_same_config(old, {**now, "train": {**now["train"], "epochz": 1}}, "old")

@@ -13,7 +13,7 @@ import torch
 
 from aexp.build import build, build_parts, check_config, resolve_device, seed_everything
 from aexp.errors import ConfigError
-from aexp.run import steps as st
+from aexp.run import steps as st, threads
 from aexp.run.train import console
 
 
@@ -61,8 +61,9 @@ def lr_find(cfg, run_dir: Path, job_num=None, overrides=None) -> float:
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, n = cfg.train.batch_size, len(data.train)
     _, steps, _ = st.plan(cfg.train, n)    # raises when the split gives no batch
+    cpu_threads = threads.apply(cfg.train.get("threads"), model, data, min(bs, n), device)
     console.print(f"[bold]aexp lr-find[/] {type(model).__name__} on {data.name}: lr {lrs[0]:.1e} -> "
-                  f"{lrs[-1]:.1e} over {len(lrs)} steps · {device}")
+                  f"{lrs[-1]:.1e} over {len(lrs)} steps · {device} · {cpu_threads}", soft_wrap=True)
     model.train()
     rows, avg, best = [], 0.0, math.inf
     perm = torch.randperm(n, generator=gen).to(device)

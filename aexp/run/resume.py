@@ -19,11 +19,15 @@ from aexp.errors import CheckpointError, ConfigError
 # Config keys a resumed run may change: where it continues from, how long it goes on, where.
 MAY_CHANGE = ("resume", "train.epochs", "device")
 
+# How fast, not what: a run resumes, and a finished run stays finished, whatever these are now,
+# present, absent or changed (e.g. a run saved with `threads: null` or `channels_last: true`
+# under today's `auto`). The maths is the same; another thread count or memory layout can only
+# change the order of floating-point sums, so a resume is bit-exact when they decide the same.
+SPEED_ONLY = ("train.threads", "train.channels_last")
+
 # Options added after runs were made: key -> (does this value reproduce a run saved without the
 # key?, the override that does). A run from before the key existed resumes when it does.
 ADDED_LATER = {
-    # memory layout only: same maths either way
-    "train.channels_last": (lambda saved, value: True, None),
     # baseline32's code activation was always the stages' own activation
     "model.code_activation": (lambda saved, value: value in (None, saved.get("model.activation")),
                               "model.code_activation=null"),
@@ -127,7 +131,8 @@ def differences(saved: dict, current: dict, may_change=()) -> list[str]:
 def _differing(a: dict, b: dict, may_change=()) -> list[str]:
     """`differences` on flattened configs."""
     return [k for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>") and not (may_change and k.startswith(may_change))
+            if a.get(k, "<absent>") != b.get(k, "<absent>") and k not in SPEED_ONLY
+            and not (may_change and k.startswith(may_change))
             and not (k not in a and k in ADDED_LATER and ADDED_LATER[k][0](a, b[k]))]
 
 

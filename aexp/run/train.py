@@ -16,7 +16,7 @@ from aexp import checkpoint
 from aexp.build import build, build_parts, build_schedule, check_config, resolve_device, seed_everything
 from aexp.errors import Interrupted, TrainingDiverged
 from aexp.io import write_csv
-from aexp.run import distributed, faults, resume, steps as st
+from aexp.run import distributed, faults, resume, steps as st, threads
 from aexp.run.frames import FrameWriter
 from aexp.run.resume import EpochProgress
 from aexp.run.schedules import per_batch
@@ -63,6 +63,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     data, model, loss_fn = build_parts(cfg, device)
     optimizer = build(cfg.optimizer, params=model.parameters())
     bs, n = cfg.train.batch_size, len(data.train)
+    per_step = min(bs, n) / distributed.world()   # samples per step on this process
+    cpu_threads = threads.apply(cfg.train.get("threads"), model, data, per_step, device)
     epochs, steps, total_steps = st.plan(cfg.train, n)   # train.epochs or train.max_steps
     scheduler = build_schedule(cfg.schedule, optimizer, total_steps)
     st.preflight(model, loss_fn, data)
@@ -71,7 +73,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]aexp[/] {type(model).__name__} ({n_params:,} parameters) on "
                   f"{data.name} ({len(data.train)} train / {len(data.val)} val) · {device} · "
-                  f"run folder {run_dir}")
+                  f"{cpu_threads} · run folder {run_dir}", soft_wrap=True)
     main = distributed.is_main()   # only rank 0 writes frames, metrics and checkpoints
     frames = FrameWriter(data, run_dir / "frames", probe_size=cfg.frames.probe_size,
                          size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled and main else None
@@ -167,12 +169,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
 
 
 def setup(cfg) -> torch.device:
-    """Check the config, pick the device and CPU threads, seed every generator."""
+    """Check the config, pick the device, seed every generator. (CPU threads are set once the
+    model is built: `auto` decides from its cost, aexp.run.threads.)"""
     check_config(cfg)
     device = distributed.place(resolve_device(cfg.device))
     torch.backends.cudnn.benchmark = device.type == "cuda"   # fixed shapes: pick the fastest conv
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     console.quiet = not distributed.is_main()   # under torchrun, rank 0 speaks for all
     seed_everything(cfg.seed)
     return device
