@@ -11,9 +11,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from aexp.build import load_run
 from aexp.errors import AexpError, ArgumentParser
 from aexp.io import flatten, read_csv, write_csv
 from aexp.report import plots
+from aexp.report.pictures import sweep_colorization
 
 
 def job_dirs(sweep: Path) -> list[Path]:
@@ -179,8 +181,6 @@ def colorization_grid(jobs, table, swept, out: Path) -> list[Path]:
     """`summary_colorization.png`: the same test photos through every finished job's best
     checkpoint. A job that cannot be loaded (refused as untrusted, broken) is left out with one
     line saying why."""
-    from aexp.build import load_run
-    from aexp.report.pictures import sweep_colorization
     runs = []
     for job, row in zip(jobs, table):
         if row["status"] != "done":

@@ -1,0 +1,153 @@
+"""Config -> objects, the only place: where the config tree is, every value check (before any
+data is loaded), building the five groups (`build`, `build_parts`, `build_schedule`), the device,
+seeding, and `load_run`, which rebuilds a finished run from its folder.
+
+The run's own settings (seed, device, train.*, frames.*, eval.*, ...) are checked against the
+defaults in `conf/config.yaml`: an unknown key, a value of another type than its default, a value
+below its minimum or outside its documented choices is refused with one line (ConfigError).
+Group options (model, loss, dataset, optimizer, schedule) are checked by building them: their
+constructors refuse what they cannot take. The config tree and the value checks live in
+`aexp.build.config` and are re-exported here."""
+import inspect
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from aexp import checkpoint, trust
+from aexp.build.config import (AUTO, CHOICES, EVAL_NUMBERS, EVAL_SECTIONS, KINDS, MINIMUM,
+                               check_config, check_objective, check_values, conf_dir, defaults,
+                               resolve_device)
+from aexp.errors import AexpError, CheckpointError, ConfigError, unwrap
+from aexp.models import cost
+
+__all__ = ["AUTO", "CHOICES", "EVAL_NUMBERS", "EVAL_SECTIONS", "KINDS", "MINIMUM", "LoadedRun",
+           "allowed_targets", "build", "build_loss", "build_parts", "build_schedule", "check_config",
+           "check_objective", "check_values", "conf_dir", "defaults", "load_run", "resolve_device",
+           "seed_everything", "upgrade"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build(node, **kwargs):
+    """`hydra.utils.instantiate`, with our own errors unwrapped from Hydra's wrapper."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:
+        inner = unwrap(e)
+        if isinstance(inner, AexpError):
+            raise inner from None
+        # Hydra's message is "Error in call to target '...':" with the reason on the next lines
+        text = " ".join(str(e).split())[:400] or type(e).__name__
+        raise ConfigError(f"cannot build {node.get('_target_', '?')}: {text}") from None
+
+
+def build_loss(node, data_size: int | None = None):
+    """The loss. Terms that need more than their config get it here: a perceptual term taking
+    its features from another run (`features_run`) gets that run's model, a term whose
+    `dataset_size` is left null gets the training split's size (`data_size`)."""
+    terms = node.get("terms") or {}
+    extra = {}
+    for name, t in terms.items():
+        if isinstance(t, DictConfig) and t.get("features_run"):
+            extra[name] = {"run_model": load_run(t.features_run, "best", device="cpu").model}
+        elif isinstance(t, DictConfig) and "dataset_size" in t and t.dataset_size is None and data_size:
+            extra[name] = {"dataset_size": data_size}
+    if not extra:
+        return build(node)
+    built = {name: build(t, **extra.get(name, {})) for name, t in terms.items()}
+    rest = {k: v for k, v in node.items() if k not in ("_target_", "terms")}
+    return build(OmegaConf.create({"_target_": node._target_}), terms=built, **rest)
+
+
+def build_schedule(node, optimizer, total_steps: int):
+    """Instantiate `cfg.schedule`, passing `total_steps` to targets that take it (the per-batch
+    schedules, whose length depends on the data size, batch size and epochs)."""
+    try:
+        target = get_class(node["_target_"])
+    except Exception as e:
+        raise ConfigError(f"schedule: cannot find {node.get('_target_')}: {str(e).splitlines()[0]}") from None
+    takes_steps = "total_steps" in inspect.signature(target.__init__).parameters
+    extra = {"total_steps": total_steps} if takes_steps and "total_steps" not in node else {}
+    return build(node, optimizer=optimizer, **extra)
+
+
+def build_parts(cfg, device) -> tuple:
+    """Data (resident on `device`, with the run's task and corruption), model and loss of a
+    run config: what training, evaluation and every command that loads a finished run share."""
+    data = build(cfg.dataset).prepare(build(cfg.task), build(cfg.corruption)).to(device)
+    model = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape).to(device)
+    x, _ = data.batch(data.train, torch.arange(min(1, len(data.train)), device=data.train.x.device))
+    if cost.channels_last(cfg.train.get("channels_last", "auto"), model, device, x):
+        model = model.to(memory_format=torch.channels_last)   # when it pays: aexp.models.cost
+    return data, model, build_loss(cfg.loss, data_size=len(data.train))
+
+
+def allowed_targets() -> frozenset:
+    """What a stored config may name: every target of the config tree (see aexp.trust)."""
+    return trust.allowed_targets(conf_dir())
+
+
+# Targets that moved since runs were saved: old prefix -> new prefix (stored configs name them).
+MOVED = {
+    "aexp.tasks.": "aexp.data.tasks.",
+    "aexp.corruption.": "aexp.data.corruption.",
+    "aexp.schedules.": "aexp.run.schedules.",
+    "aexp.losses.ColourTriplet": "aexp.losses.ColorTriplet",
+}
+
+
+def upgrade(config):
+    """A stored config (plain dict) with moved `_target_`s renamed to where they live now."""
+    if isinstance(config, dict):
+        out = {k: upgrade(v) for k, v in config.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            for old, new in MOVED.items():
+                if target.startswith(old):
+                    out["_target_"] = new + target[len(old):]
+        return out
+    return [upgrade(v) for v in config] if isinstance(config, list) else config
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: object          # the run's resolved config (DictConfig)
+    state: dict          # the checkpoint
+    data: object
+    model: object
+    loss_fn: object
+    device: object
+
+
+def load_run(run_dir, which: str = "best", device: str = "auto") -> LoadedRun:
+    """Rebuild a run from `RUN_DIR/checkpoints/<which>.pt`; the model is in eval mode."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AexpError(f"no such run folder: {run_dir}")
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    state = checkpoint.load(path)
+    config = upgrade(state.get("config"))
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds no run config")
+    trust.check_config(config, allowed_targets(), path)   # before anything is imported or built
+    cfg = OmegaConf.create(config)
+    dev = resolve_device(device)
+    data, model, loss_fn = build_parts(cfg, dev)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:   # a checkpoint whose weights are not this model's
+        raise CheckpointError(f"{run_dir}: the checkpoint's weights do not fit its model: "
+                              f"{str(e).strip().splitlines()[0][:200]}") from None
+    model.eval()
+    model.start_epoch(None)
+    return LoadedRun(run_dir, cfg, state, data, model, loss_fn, dev)
