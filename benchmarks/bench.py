@@ -34,6 +34,7 @@ from aexp.io import read_csv
 from aexp.report.render import render
 from aexp.run.train import train
 from field import busy_machine, markdown as field_markdown, sweep_on_two_cores
+from parity import markdown as parity_markdown, parity
 
 MODELS = {  # bench name -> aexp config overrides (model and loss as a user would pick them)
     "dense AE": ["model=mlp", "loss=bce"],
@@ -233,6 +234,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch CPU threads for every measurement (default: torch's)")
     ap.add_argument("--busy-epochs", type=int, default=8, help="epochs of each busy-machine run")
     ap.add_argument("--sweep-epochs", type=int, default=20, help="epochs of each job of the 4-job sweep")
+    ap.add_argument("--parity-rounds", type=int, default=2, help="A B pairs per same-model parity row")
+    ap.add_argument("--only", help="comma-separated rows to run: models, dense_step, channels_last, "
+                                   "frames, render, busy, sweep, parity (default: all)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -241,28 +245,39 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.root) if args.root else synthetic_mnist(Path(tmp.name))
     available = {p.stem for p in (conf_dir() / "model").glob("*.yaml")}
+    rows = set(args.only.split(",")) if args.only else None
+    want = lambda name: rows is None or name in rows
     report = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
                           "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                           "torch": torch.__version__},
               "data": "real MNIST" if args.root else "synthetic MNIST-shaped", "batch_size": args.batch_size,
               "models": {}}
-    for name in args.models.split(","):
+    for name in args.models.split(",") if want("models") else []:
         overrides = MODELS[name]
         if overrides[0].split("=")[1] not in available:
             report["models"][name] = {"skipped": f"no {overrides[0]} config"}
             continue
-        a = aexp_throughput(overrides, root, args.epochs, args.batch_size, device)
-        c = conventional_throughput(overrides, root, args.epochs, args.batch_size, device)
-        report["models"][name] = {"aexp_samples_per_s": a["samples_per_s"],
-                                  "conventional_samples_per_s": c["samples_per_s"],
-                                  "ratio": a["samples_per_s"] / c["samples_per_s"]}
+        a, c = [], []
+        for _ in range(args.parity_rounds):   # A B A B: a slow spell of the machine hits both
+            a.append(aexp_throughput(overrides, root, args.epochs, args.batch_size, device)["samples_per_s"])
+            c.append(conventional_throughput(overrides, root, args.epochs, args.batch_size, device)["samples_per_s"])
+        report["models"][name] = {"aexp_samples_per_s": statistics.median(a),
+                                  "conventional_samples_per_s": statistics.median(c),
+                                  "ratio": statistics.median(a) / statistics.median(c),
+                                  "pair_ratios": [x / y for x, y in zip(a, c)]}
         print(name, report["models"][name], flush=True)
-    report["dense_step"] = dense_step_fraction(root, args.batch_size, device)
-    report["channels_last"] = layout_speedup(device)
-    report["frames_metrics_overhead"] = frame_overhead(root, device)
-    report["render"] = render_per_frame(device)
-    report["busy_machine"] = busy_machine(args.busy_epochs)
-    report["sweep_on_two_cores"] = sweep_on_two_cores(args.sweep_epochs)
+    steps = {"dense_step": lambda: dense_step_fraction(root, args.batch_size, device),
+             "channels_last": lambda: layout_speedup(device),
+             "frames": lambda: frame_overhead(root, device),
+             "render": lambda: render_per_frame(device),
+             "parity": lambda: parity(compose, root, synthetic_mnist(Path(tmp.name) / "small", n_train=10120,
+                                                                     n_test=100),
+                                      args.parity_rounds, args.epochs, device),
+             "busy": lambda: busy_machine(args.busy_epochs),
+             "sweep": lambda: sweep_on_two_cores(args.sweep_epochs)}
+    for name, measure in steps.items():
+        if want(name):
+            report[name] = measure()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     (args.out / "bench.md").write_text(markdown(report))
@@ -273,25 +288,34 @@ def main(argv=None) -> int:
 def markdown(r) -> str:
     m = r["machine"]
     lines = [f"Machine: {m['device']} · {m['cpu_threads']} CPU threads · torch {m['torch']} · "
-             f"{r['data']} · batch {r['batch_size']}", "",
-             "| model | aexp samples/s | conventional samples/s | ratio |", "| --- | ---: | ---: | ---: |"]
+             f"{r['data']} · batch {r['batch_size']}", ""]
+    if r["models"]:
+        lines += ["| model | aexp samples/s | conventional samples/s | ratio (each A B pair) |",
+                  "| --- | ---: | ---: | ---: |"]
     for name, v in r["models"].items():
         if "skipped" in v:
             lines.append(f"| {name} | – | – | skipped ({v['skipped']}) |")
         else:
+            pairs = ", ".join(f"{x:.2f}×" for x in v["pair_ratios"])
             lines.append(f"| {name} | {v['aexp_samples_per_s']:,.0f} | {v['conventional_samples_per_s']:,.0f} "
-                         f"| {v['ratio']:.2f}× |")
-    d = r["dense_step"]
-    lines += ["", f"Dense AE step (batch {r['batch_size']}): {d['step_ms']:.2f} ms, {d['step_gflops']:.1f} GFLOP/s "
-              f"= {100 * d['fraction_of_peak']:.0f}% of measured matmul peak ({d['peak_gflops']:.1f} GFLOP/s)", ""]
+                         f"| {v['ratio']:.2f}× ({pairs}) |")
+    if "dense_step" in r:
+        d = r["dense_step"]
+        lines += ["", f"Dense AE step (batch {r['batch_size']}): {d['step_ms']:.2f} ms, {d['step_gflops']:.1f} "
+                  f"GFLOP/s = {100 * d['fraction_of_peak']:.0f}% of measured matmul peak "
+                  f"({d['peak_gflops']:.1f} GFLOP/s)", ""]
     for name, v in r.get("channels_last", {}).items():
         lines.append(f"Training step (batch 128), {name}: NCHW {v['nchw_ms']:.1f} ms, channels_last "
                      f"{v['channels_last_ms']:.1f} ms = {v['speedup']:.2f}×")
     lines.append("")
-    for name, v in r["frames_metrics_overhead"].items():
+    for name, v in r.get("frames", {}).items():
         lines.append(f"Frames + metrics overhead, {name}: {v['overhead_pct']:.1f}% of a {v['epoch_s']:.2f} s epoch")
-    lines.append(f"\n`aexp render`: {r['render']['ms_per_frame']:.1f} ms per frame")
-    lines += field_markdown(r["busy_machine"], r["sweep_on_two_cores"])
+    if "render" in r:
+        lines.append(f"\n`aexp render`: {r['render']['ms_per_frame']:.1f} ms per frame")
+    if "parity" in r:
+        lines += parity_markdown(r["parity"])
+    if "busy" in r and "sweep" in r:
+        lines += field_markdown(r["busy"], r["sweep"])
     return "\n".join(lines) + "\n"
 
 
