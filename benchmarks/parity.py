@@ -45,7 +45,9 @@ def aexp_rate(compose, overrides, root, epochs: int, device) -> float:
 
 
 def _train_images(root) -> int:
-    return len(mnist(root=str(root), val_size=0, download=False).train)
+    """MNIST training images in `root` (validation included)."""
+    data = mnist(root=str(root), val_size=1, download=False)
+    return len(data.train) + len(data.val)
 
 
 def _images(root, size: int | None, val_size: int) -> torch.Tensor:
