@@ -81,8 +81,11 @@ def test_summary_lists_done_and_failed_jobs(tmp_path, tiny_mnist, capsys):
                 f"hydra.sweep.dir={sweep}", check=False)
     assert proc.returncode == 2 and "3 input features" in proc.stderr
     assert (sweep / "1" / "FAILED").is_file()
-    assert_pictures(sweep / "0" / "pictures", {"latent_pca.png", "latent_tsne.png", "samples.png",
-                                                "interpolation_mosaic.png"})
+    assert_pictures(sweep / "0" / "pictures", {"latent_pca.png", "latent_tsne.png", "interpolation_mosaic.png"})
+    # a plain AE has no prior: no samples unless asked (eval.fitted_samples), and eval.json says why
+    assert not any((sweep / "0" / "pictures" / f).exists() for f in ("samples.png", "samples_fitted.png"))
+    report = json.loads((sweep / "0" / "eval.json").read_text())
+    assert report["samples_from"] is None and "no prior" in report["notes"][0]
     assert not (sweep / "0" / "pictures" / "latent_plane.png").exists()   # 8-d latent
     (sweep / "2" / ".hydra").mkdir(parents=True)                            # a job that never finished
     out = aexp("summary", sweep, "--metric", "eval.reconstruction.psnr")
@@ -171,10 +174,13 @@ def test_denoising_and_weight_product_pictures(tmp_path):
                 num_classes=3, classes=["a", "b", "c"]).prepare(corruption=Gaussian(0.3))  # noisy input
     run = SimpleNamespace(run_dir=tmp_path, data=data, model=_Linear().eval(), device=torch.device("cpu"),
                           state={"epoch": 1}, cfg=None)
-    rep = evaluate(run, settings(None, tsne=False, nll_samples=0, classifier={"enabled": False}))
+    rep = evaluate(run, settings(None, tsne=False, nll_samples=0, classifier={"enabled": False},
+                                 fitted_samples=True))
     assert "vae" not in rep and "classifier" not in rep and rep["latent"]["dim"] == 8
+    assert rep["samples_from"] == "fitted"                  # asked for: named for what it is
     assert_pictures(tmp_path / "pictures", {"reconstruction.png", "denoising.png", "weight_product.png",
-                                             "samples.png", "latent_pca.png", "interpolation.gif"})
+                                             "samples_fitted.png", "latent_pca.png", "interpolation.gif"})
+    assert not (tmp_path / "pictures" / "samples.png").exists()
     with Image.open(tmp_path / "pictures" / "denoising.png") as im:   # 3 row groups of enlarged 8x8 tiles
         assert im.height > im.width / 12 * 3 * 0.9
 

@@ -159,6 +159,11 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
     task = data.task.name
     pred = predict(model, data, data.test, int(ev.batch_size))
     pred["sampler"] = sampler(run, pred)
+    notes = []
+    if pred["sampler"] == "fitted" and not ev.get("fitted_samples", False):
+        pred["sampler"] = None
+        notes.append("no samples: this autoencoder has no prior to sample from; eval.fitted_samples=true "
+                     "draws samples from a Gaussian fitted to the test codes (samples_fitted.png)")
     rows = read_csv(run.run_dir / "metrics.csv") if (run.run_dir / "metrics.csv").is_file() else []
     report = {
         "run_dir": str(run.run_dir), "checkpoint": str(ev.checkpoint), "epoch": run.state.get("epoch"),
@@ -169,6 +174,8 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
         "latent": latent_stats(pred),
         "samples_from": pred["sampler"],
     }
+    if notes:
+        report["notes"] = notes
     if "codes" in pred:
         report["codebook"] = codebook_usage(pred["codes"], model.codebook_size)
     if task == "colorize":

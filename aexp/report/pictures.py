@@ -138,11 +138,14 @@ def denoising(out, data, model, seed) -> list[Path]:
 
 
 def decoder_pictures(out, model, data, pred, seed) -> list[Path]:
-    """Samples (N(0, I) for a VAE or WAE, a Gaussian fitted to the codes otherwise), the decoded latent
-    plane of a 2-D latent, and interpolations."""
+    """Samples (`samples.png`: N(0, I) for a VAE or WAE; `samples_fitted.png`: a Gaussian fitted
+    to the codes, when asked), the decoded latent plane of a 2-D latent, traversals and
+    interpolations."""
     z, files = pred["z"], []
-    tiles = decode(model, sample_codes(pred, 64, torch.Generator().manual_seed(seed)), data)
-    files.append(save(draw.grid(tiles, 8), out / "samples.png", tiles.shape[1]))
+    if pred.get("sampler"):
+        tiles = decode(model, sample_codes(pred, 64, torch.Generator().manual_seed(seed)), data)
+        name = "samples.png" if pred["sampler"] == "prior" else "samples_fitted.png"
+        files.append(save(draw.grid(tiles, 8), out / name, tiles.shape[1]))
     if z.dim() == 2 and z.shape[1] == 2:
         files += latent_plane(out, model, data, z)
     if z.dim() == 2 and len(z) > 1 and z.shape[1] <= TRAVERSE_MAX_DIM:

@@ -36,6 +36,7 @@ ADDED_LATER = {
     # evaluation only: the training is the same either way
     "eval.quality": (lambda saved, value: True, None),
     "eval.inception_weights": (lambda saved, value: True, None),
+    "eval.fitted_samples": (lambda saved, value: True, None),
     "eval.inception_max_images": (lambda saved, value: True, None),
 }
 
