@@ -86,6 +86,9 @@ def test_summary_lists_done_and_failed_jobs(tmp_path, tiny_mnist, capsys):
     assert not any((sweep / "0" / "pictures" / f).exists() for f in ("samples.png", "samples_fitted.png"))
     report = json.loads((sweep / "0" / "eval.json").read_text())
     assert report["samples_from"] is None and "no prior" in report["notes"][0]
+    code, err = run_cli(["eval", sweep / "0", "--fitted-samples", "--no-classifier"], capsys)
+    assert code == 0, err
+    assert (sweep / "0" / "pictures" / "samples_fitted.png").is_file()
     assert not (sweep / "0" / "pictures" / "latent_plane.png").exists()   # 8-d latent
     (sweep / "2" / ".hydra").mkdir(parents=True)                            # a job that never finished
     out = aexp("summary", sweep, "--metric", "eval.reconstruction.psnr")

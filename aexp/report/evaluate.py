@@ -233,13 +233,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--nll-samples", type=int, help="importance samples K for the VAE NLL (0 = skip)")
     ap.add_argument("--nll-max-images", type=int, help="test images for the NLL (0 = all)")
     ap.add_argument("--no-classifier", action="store_true", help="skip the classifier accuracy")
+    ap.add_argument("--fitted-samples", action="store_true", default=None,
+                    help="a plain AE: draw samples_fitted.png from a Gaussian fitted to its codes")
     ap.add_argument("--inception-weights", metavar="FILE",
                     help="local InceptionV3 weights (torch-fidelity's): adds an Inception FID")
     ap.add_argument("--no-pictures", action="store_true", help="numbers only")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
     args = ap.parse_args(argv)
     given = {"nll_samples": args.nll_samples, "nll_max_images": args.nll_max_images,
-             "inception_weights": args.inception_weights}
+             "inception_weights": args.inception_weights, "fitted_samples": args.fitted_samples}
     check_values(OmegaConf.create({"eval": settings(None, **given)}))   # before any loading
     run = load_run(args.run_dir, which=args.checkpoint or str(settings().checkpoint),
                    device=args.device)
