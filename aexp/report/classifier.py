@@ -8,6 +8,7 @@ settings (`eval.classifier.cache_dir`, default `$AEXP_CACHE/classifiers` or
 `~/.cache/aexp/classifiers`)."""
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -107,7 +108,10 @@ def get(dataset_cfg: dict, view: str, train_images, train_labels, num_classes: i
     if log:
         log(f"training the {name} classifier once ({len(train_images)} images, {epochs} epochs); "
             f"cached at {path}")
+    t0 = time.perf_counter()
     model = fit(train_images, train_labels, num_classes, epochs=epochs, seed=seed, log=log)
+    if log:
+        log(f"{name} classifier trained in {time.perf_counter() - t0:.1f}s (later evaluations load it)")
     try:
         checkpoint.save(path, {"model": model.state_dict(), "channels": train_images.shape[1],
                                "num_classes": num_classes, "dataset": json.dumps(dataset_cfg, default=str)})
