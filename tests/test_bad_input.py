@@ -70,6 +70,7 @@ CASES = [
     (["train", "model=mlp", "model.activation=swish"], "unknown activation 'swish'"),
     (["train", "model=mlp", "+model.depth=3"], "cannot build aexp.models.dense.MLP"),
     (["train", "dataset=digits", "model=vqvae", "model.latent_dim=8"], "set model.latent_dim=null"),
+    (["eval", "{r}/good", "--classifier-epochs", "0"], "eval.classifier.epochs must be at least 1"),
     (["train", "dataset=digits", "model=vqvae", "model.codebook.ema=2"], "model.codebook.ema must be"),
     (["train", "dataset=digits", "model=conv", "loss=vqvae"], "loss term 'vq' needs a VQ model"),
     (["train", "loss.reduction=median"], "loss.reduction must be one of"),

@@ -233,6 +233,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--nll-samples", type=int, help="importance samples K for the VAE NLL (0 = skip)")
     ap.add_argument("--nll-max-images", type=int, help="test images for the NLL (0 = all)")
     ap.add_argument("--no-classifier", action="store_true", help="skip the classifier accuracy")
+    ap.add_argument("--classifier-epochs", type=int, metavar="N",
+                    help="train (or load) the evaluation classifier with N epochs (default: the run's)")
     ap.add_argument("--fitted-samples", action="store_true", default=None,
                     help="a plain AE: draw samples_fitted.png from a Gaussian fitted to its codes")
     ap.add_argument("--inception-weights", metavar="FILE",
@@ -248,6 +250,9 @@ def main(argv: list[str]) -> int:
     ev = settings(run.cfg, checkpoint=args.checkpoint, **given)
     if args.no_classifier:
         ev.classifier.enabled = False
+    if args.classifier_epochs is not None:
+        ev.classifier.epochs = args.classifier_epochs
+        check_values(OmegaConf.create({"eval": ev}))
     report = evaluate(run, ev, log=lambda m: print(m, flush=True), pictures=not args.no_pictures)
     print_table(report)
     print(f"wrote {run.run_dir / 'eval.json'}" +
