@@ -166,3 +166,17 @@ def test_a_run_saved_under_other_speed_settings_resumes_and_stays_finished(saved
     assert differences(old, now) == []
     with pytest.raises(ConfigError, match="differs at train.epochz"):   # anything else still counts
         check_same_config(old, {**now, "train": {**now["train"], "epochz": 1}}, "old")
+
+
+def test_evaluation_settings_never_make_a_run_another_config():
+    """A changed evaluation default (eval.nll_samples 1000 -> 100) or objective must not turn
+    every earlier run into "a different config": the training is the same."""
+    from aexp.errors import ConfigError
+    from aexp.run.resume import check_same_config, differences
+    old = {"model": {"_target_": "aexp.models.dense.MLP"}, "train": {"epochs": 3},
+           "eval": {"nll_samples": 1000}, "objective": {"metric": "val_loss"}}
+    now = {**old, "eval": {"nll_samples": 100, "fitted_samples": False}, "objective": {"metric": "eval.vae.nll"}}
+    assert differences(old, now) == []
+    check_same_config(old, now, "old")
+    with pytest.raises(ConfigError, match="differs at train.batch_size"):   # training still counts
+        check_same_config(old, {**now, "train": {"epochs": 3, "batch_size": 8}}, "old")

@@ -25,6 +25,11 @@ MAY_CHANGE = ("resume", "train.epochs", "device")
 # change the order of floating-point sums, so a resume is bit-exact when they decide the same.
 SPEED_ONLY = ("train.threads", "train.channels_last")
 
+# What happens after training: the evaluation and the value a sweep reads off the run. A run
+# resumes, and a finished run stays finished, whatever these are now (a changed default such as
+# eval.nll_samples must not make every earlier run "a different config").
+AFTER_TRAINING = ("eval.", "objective.")
+
 # Options added after runs were made: key -> (does this value reproduce a run saved without the
 # key?, the override that does). A run from before the key existed resumes when it does.
 ADDED_LATER = {
@@ -33,11 +38,6 @@ ADDED_LATER = {
                               "model.code_activation=null"),
     # baseline32 always ended in its full-size conv head
     "model.head": (lambda saved, value: value in (None, True), "model.head=true"),
-    # evaluation only: the training is the same either way
-    "eval.quality": (lambda saved, value: True, None),
-    "eval.inception_weights": (lambda saved, value: True, None),
-    "eval.fitted_samples": (lambda saved, value: True, None),
-    "eval.inception_max_images": (lambda saved, value: True, None),
 }
 
 
@@ -133,6 +133,7 @@ def _differing(a: dict, b: dict, may_change=()) -> list[str]:
     """`differences` on flattened configs."""
     return [k for k in sorted(set(a) | set(b))
             if a.get(k, "<absent>") != b.get(k, "<absent>") and k not in SPEED_ONLY
+            and not k.startswith(AFTER_TRAINING)
             and not (may_change and k.startswith(may_change))
             and not (k not in a and k in ADDED_LATER and ADDED_LATER[k][0](a, b[k]))]
 
