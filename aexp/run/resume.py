@@ -16,8 +16,9 @@ from aexp import trust
 from aexp.build import allowed_targets, upgrade
 from aexp.errors import CheckpointError, ConfigError
 
-# Config keys a resumed run may change: where it continues from, how long it goes on, where.
-MAY_CHANGE = ("resume", "train.epochs", "device")
+# Config keys a resumed run may change: where it continues from, how long it goes on, where,
+# and where its metrics go besides metrics.csv (trackers).
+MAY_CHANGE = ("resume", "train.epochs", "device", "logger")
 
 # Options added after runs were made: key -> (does this value reproduce a run saved without the
 # key?, the override that does). A run from before the key existed resumes when it does.
