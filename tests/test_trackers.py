@@ -18,7 +18,7 @@ import pytest
 
 from aexp import checkpoint
 from aexp.io import read_csv
-from conftest import aexp, run_cli
+from conftest import ROOT, aexp, run_cli
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
@@ -293,6 +293,23 @@ def test_only_rank_0_builds_trackers(compose_cfg, tmp_path):
     cfg = compose_cfg([ALL])
     assert set(Trackers(cfg.logger, tmp_path).members) == {"tensorboard", "mlflow", "wandb"}
     assert Trackers(cfg.logger, tmp_path, enabled=False).members == {}
+
+
+@pytest.mark.slow
+def test_under_ddp_only_rank_0_logs(tmp_path):
+    """Two CPU processes under torchrun: one TensorBoard writer, one MLflow run, one W&B run."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "aexp.cli", "train", ALL, *TINY, "train.epochs=2", "eval.enabled=false",
+                           "device=cpu", f"hydra.run.dir={run}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((run / "tb").glob("events.*"))) == 1 and epochs_of(tensorboard(run / "tb")) == [1, 2]
+    client, found = mlflow_run(run)
+    assert len(client.search_runs([found.info.experiment_id])) == 1
+    assert len(list(run.glob("wandb/offline-run-*"))) == 1
 
 
 # --- a real MLflow server, read over REST and in a browser ----------------------------------------
