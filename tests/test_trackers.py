@@ -279,7 +279,8 @@ def test_a_missing_package_is_one_line_before_training(tmp_path, capsys, monkeyp
 
 
 def test_bad_tracker_settings_are_one_line(tmp_path, capsys):
-    for bad in ("logger.wandb.mode=sometimes", "logger.tensorboard.every_steps=-1"):
+    for bad in ("logger.wandb.mode=sometimes", "logger.tensorboard.every_steps=-1",
+                "logger.mlflow.tracking_uri=sqlte:///mlflow.db"):
         tracker = bad.split(".")[1]
         code, err = run_cli(["train", f"logger=[csv,{tracker}]", bad, *TINY,
                              f"hydra.run.dir={tmp_path / 'run'}"], capsys)

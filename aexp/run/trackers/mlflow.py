@@ -20,17 +20,25 @@ import logging
 import os
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from aexp.io import flatten
 from aexp.run.trackers.base import RunInfo, Tracker, need
 
 SWEEP_TAG = "aexp.sweep_dir"
+# the stores MLflow's client opens (a database URI may name its driver: postgresql+psycopg2)
+SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+           "databricks-uc", "uc")
 
 
 class MLflow(Tracker):
 
     def __init__(self, tracking_uri: str = "sqlite:///mlflow.db", experiment: str | None = None,
                  log_checkpoint: bool = False):
+        scheme = urlparse(str(tracking_uri)).scheme.split("+")[0]
+        if scheme not in SCHEMES:   # a typo is refused now, not dropped with a warning mid-run
+            raise ValueError(f"logger.mlflow.tracking_uri: {tracking_uri!r} is not an MLflow store "
+                             f"(sqlite:///FILE, http://HOST:PORT, file:DIR, postgresql://..., databricks)")
         need("mlflow", "mlflow")
         # A server that does not answer must not hold training for minutes: MLflow's client
         # retries 7 times with backoff, waiting up to 120 s each time (settings given win).
