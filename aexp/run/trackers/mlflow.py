@@ -120,8 +120,8 @@ class MLflow(Tracker):
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        try:   # the UI's model-training view, not its GenAI one
-            return self.client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
+        try:
+            return self.client.create_experiment(name)
         except Exception:   # created meanwhile by another run
             return self.client.get_experiment_by_name(name).experiment_id
 
