@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e '.[test,cluster,metrics,export]'
+	$(BIN)/python -m pip install -q -e '.[test,cluster,metrics,export,tracking]'
 	touch $(STAMP)
 
 test: $(STAMP)

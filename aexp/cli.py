@@ -21,6 +21,7 @@ class Command(NamedTuple):
     help: str
     target: str          # "module:function", imported when the command runs
     hydra: bool = False  # composed from Hydra overrides; called as function(cfg, run_dir, ...)
+    then: str = ""       # "module:function" called with the same arguments after a success
 
 
 COMMANDS = [
@@ -29,7 +30,7 @@ COMMANDS = [
     Command("lr-find", "[overrides]", "sweep the learning rate over a few hundred steps; plot + "
             "suggested lr", "aexp.run.lr_find:lr_find", hydra=True),
     Command("render", "RUN_DIR", "turn a run's latent frames into latent.mp4 (--fps, --out, --gif)",
-            "aexp.report.render:main"),
+            "aexp.report.render:main", then="aexp.run.trackers.mlflow:attach_renders"),
     Command("eval", "RUN_DIR", "test metrics (eval.json), a table and pictures in RUN_DIR/pictures/",
             "aexp.report.evaluate:main"),
     Command("summary", "MULTIRUN_DIR", "one table (CSV, Markdown) and plots over every job of a sweep",
@@ -202,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command.hydra:
             return _hydra(command, rest)
-        return _load(command.target)(rest)
+        code = _load(command.target)(rest)
+        if command.then and not code:
+            _load(command.then)(rest)   # e.g. the rendered video to the run's MLflow run
+        return code
     except AexpError as e:
         return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:   # Ctrl-C outside the training loop's own handling

@@ -67,14 +67,15 @@ def _num(v):
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested report -> {'reconstruction.psnr': ..}, scalars only (lists are left out)."""
+def flatten(d: dict, prefix: str = "", lists: bool = False) -> dict:
+    """Nested report -> {'reconstruction.psnr': ..}, scalars only (lists are left out, or kept
+    as they are with `lists=True`: a config's `model.hidden`)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif not isinstance(v, list):
+            out.update(flatten(v, key + ".", lists))
+        elif lists or not isinstance(v, list):
             out[key] = v
     return out
 

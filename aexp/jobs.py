@@ -8,17 +8,19 @@ import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from rich.markup import escape
 
 from aexp.build import check_config, load_run
 from aexp.errors import AexpError, ConfigError
 from aexp.io import atomic_write, flatten, folder_lock, read_csv
 from aexp.report import evaluate
 from aexp.run import distributed, resume
+from aexp.run.trackers.group import Trackers
 from aexp.run.train import console, train
 
 MARKER = "COMPLETED.json"
 # Keys that say how to run, not what is computed: a finished run stays finished when they change.
-IGNORED = ("resume", "device", "objective")
+IGNORED = ("resume", "device", "objective", "logger")
 
 
 def _comparable(cfg) -> dict:
@@ -120,12 +122,19 @@ def _complete(cfg, run_dir: Path, job_num: int | None, overrides) -> dict:
         return record.get("final", {})
     if job_num is not None and cfg.device == "auto":
         pin_gpu(job_num)
-    row = train(cfg, run_dir, overrides=overrides)
-    if distributed.is_main():
-        evaluate_run(cfg, run_dir)
-        mark_finished(cfg, run_dir, row)
+    # the trackers of cfg.logger (rank 0's): a missing package is refused here, before training
+    with Trackers(cfg.get("logger"), run_dir, enabled=distributed.is_main(), warn=_warn) as trackers:
+        row = train(cfg, run_dir, overrides=overrides, trackers=trackers)
+        if distributed.is_main():
+            evaluate_run(cfg, run_dir)
+            trackers.finish()     # eval.json, pictures, hparams with the final metrics
+            mark_finished(cfg, run_dir, row)
     distributed.barrier()   # the other ranks read the objective only once rank 0 has written it
     return row
+
+
+def _warn(text: str) -> None:
+    console.print(f"[yellow]{escape(text)}[/]", soft_wrap=True)
 
 
 def evaluate_run(cfg, run_dir: Path) -> None:

@@ -173,29 +173,6 @@ def test_serve_on_a_port_in_use_is_one_line(mnist_run, capsys):
 
 # --- the page in a real browser -------------------------------------------------------------
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1100,900")
-
-
-@pytest.fixture
-def browser(tmp_path):
-    import shutil
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("no headless Chromium here (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    yield driver
-    driver.quit()
-
-
 def _pixels(driver, canvas_id) -> np.ndarray:
     """The RGB pixels a panel canvas holds (panels keep their image at native size)."""
     w, h, flat = driver.execute_script(

@@ -29,10 +29,10 @@ def test_ctrl_c_during_the_evaluation_after_training_is_one_line_and_130(tmp_pat
 def test_a_sweep_job_failing_with_any_error_is_marked_and_the_others_go_on(tmp_path, capsys, monkeypatch):
     real = jobs.train
 
-    def train(cfg, run_dir, overrides=()):
+    def train(cfg, run_dir, **kwargs):
         if cfg.seed == 0:
             raise RuntimeError("a bug in job 0")
-        return real(cfg, run_dir, overrides=overrides)
+        return real(cfg, run_dir, **kwargs)
     monkeypatch.setattr(jobs, "train", train)
     sweep = tmp_path / "sweep"
     code, err = run_cli(["train", "-m", "seed=0,1", *SMALL, "eval.enabled=false",

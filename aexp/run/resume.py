@@ -16,8 +16,9 @@ from aexp import trust
 from aexp.build import allowed_targets, upgrade
 from aexp.errors import CheckpointError, ConfigError
 
-# Config keys a resumed run may change: where it continues from, how long it goes on, where.
-MAY_CHANGE = ("resume", "train.epochs", "device")
+# Config keys a resumed run may change: where it continues from, how long it goes on, where,
+# and where its metrics go besides metrics.csv (trackers).
+MAY_CHANGE = ("resume", "train.epochs", "device", "logger")
 
 # How fast, not what: a run resumes, and a finished run stays finished, whatever these are now,
 # present, absent or changed (e.g. a run saved with `threads: null` or `channels_last: true`

@@ -20,6 +20,7 @@ from aexp.run import distributed, faults, resume, steps as st, threads
 from aexp.run.frames import FrameWriter
 from aexp.run.resume import EpochProgress
 from aexp.run.schedules import per_batch
+from aexp.run.trackers.group import Trackers
 
 
 
@@ -49,10 +50,13 @@ class RunConsole(Console):
 console = RunConsole(stderr=True, log_path=False)
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
+          trackers: Trackers | None = None) -> dict:
     """Train one run into `run_dir`, or continue it from its last checkpoint (see run.resume);
-    return the final metrics row. `overrides`: the command line's, kept in checkpoints."""
+    return the final metrics row. `overrides`: the command line's, kept in checkpoints.
+    `trackers`: where metrics go besides metrics.csv (the job opens those of `cfg.logger`)."""
     run_dir = Path(run_dir)
+    trackers = Trackers() if trackers is None else trackers
     device = setup(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     resume_from = resume.checkpoint_path(cfg, run_dir)
@@ -88,6 +92,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                       + (f", step {partial['step']}" if partial else ""), soft_wrap=True)
     elif frames:
         frames.write(model, 0)
+    trackers.start(config, rows, epoch=start, step=start * steps + (partial["step"] if partial else 0))
 
     net = st.compiled(distributed.wrap(model, n, bs), cfg.train.compile)  # DDP under torchrun
     autocast = st.autocast(cfg.train.precision, device)   # bf16 on CUDA by default
@@ -130,6 +135,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                 if per_batch(scheduler):
                     scheduler.step()
                 ep.add(terms, len(batch), len(idx))  # on the device: no sync per step
+                trackers.log_step(done + 1, terms["loss"])   # reads it only every N steps
                 last = step == steps - 1 or done + 1 == total_steps
                 if time.perf_counter() - shown > 0.5 or last:  # reading the loss syncs
                     shown = time.perf_counter()
@@ -151,8 +157,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                        frame_seconds=round(time.perf_counter() - t_frame, 4))
             rows.append(row)
             # Order matters for a kill at any moment: everything an epoch writes (frame, metrics,
-            # best.pt) comes before last.pt, the commit point; a run killed earlier redoes the
-            # epoch and rewrites them.
+            # trackers, best.pt) comes before last.pt, the commit point; a run killed earlier
+            # redoes the epoch and rewrites them (trackers skip or replace it: run.trackers).
+            trackers.log_epoch(row)
             improved = row["val_loss"] < best
             best = min(best, row["val_loss"])
             if main:
