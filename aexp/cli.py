@@ -9,7 +9,7 @@ import sys
 from typing import NamedTuple
 
 from aexp.errors import AexpError, FolderBusy, Interrupted, one_line
-from aexp.io import folder_lock
+from aexp.io import FINISHED_MARKER, folder_lock
 
 TRUST_ENV = "AEXP_TRUST"   # aexp.trust reads it; not imported here, which would bring omegaconf
 JOBS_ENV = "AEXP_JOBS"     # aexp.run.threads reads it (importing it here would bring torch)
@@ -108,7 +108,8 @@ def _hydra(command: Command, argv: list[str]) -> int:
             status["code"] = max(status["code"], code)
             if not multirun or isinstance(e, Interrupted):
                 sys.exit(code)
-            if not isinstance(e, FolderBusy):   # a busy folder is another run's: left alone
+            # a busy folder, or one holding a finished run, is another run's: left alone
+            if not isinstance(e, FolderBusy) and not (run_dir / FINISHED_MARKER).is_file():
                 (run_dir / "FAILED").write_text(f"{text}\n")  # the sweep goes on; the job is marked
         finally:   # (joblib runs n_jobs=1 in this very process)
             if side_by_side:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from aexp.errors import FolderBusy
 
+# The marker a job writes last into its run folder: its presence means a finished, whole run.
+FINISHED_MARKER = "COMPLETED.json"
+
 
 def _umask() -> int:
     mask = os.umask(0)

@@ -12,13 +12,13 @@ from rich.markup import escape
 
 from aexp.build import check_config, load_run
 from aexp.errors import AexpError, ConfigError
-from aexp.io import atomic_write, flatten, folder_lock, read_csv
+from aexp.io import FINISHED_MARKER, atomic_write, flatten, folder_lock, read_csv
 from aexp.report import evaluate
 from aexp.run import distributed, resume
 from aexp.run.trackers.group import Trackers
 from aexp.run.train import console, train
 
-MARKER = "COMPLETED.json"
+MARKER = FINISHED_MARKER
 # Keys that say how to run, not what is computed: a finished run stays finished when they change.
 IGNORED = ("resume", "device", "objective", "logger")
 

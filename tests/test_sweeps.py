@@ -94,6 +94,7 @@ def test_rerun_runs_only_unfinished_jobs_and_refuses_other_configs(tmp_path):
                  check=False)
     assert "already holds a finished run of a different config" in clash.stderr
     assert snapshot(jobs) == after
+    assert not any((job / "FAILED").exists() for job in jobs)   # the finished runs are not marked failed
 
 
 def search(tmp_path, n_trials, folder):
