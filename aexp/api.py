@@ -21,7 +21,7 @@ from aexp import jobs
 from aexp.build import LoadedRun, check_values, conf_dir
 from aexp.build import load_run as build_load_run
 from aexp.errors import ConfigError, one_line
-from aexp.io import read_csv
+from aexp.io import flatten, read_csv
 from aexp.report import evaluate as report_evaluate
 from aexp.report.export import read_safetensors
 from aexp.trust import ENV as TRUST_ENV
@@ -79,15 +79,9 @@ def overrides_of(cfg) -> list[str]:
     return overrides + [f"++{k}={json.dumps(v)}" for k, v in now.items() if k not in then or then[k] != v]
 
 
-def _leaves(node, prefix: str = "") -> dict:
+def _leaves(node) -> dict:
     """{'model.hidden': [16], ...}: every setting by its dotted key (lists kept whole)."""
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict) and v:
-            out.update(_leaves(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    return flatten(node, lists=True, empty=True)
 
 
 @dataclass

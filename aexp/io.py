@@ -70,14 +70,15 @@ def _num(v):
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
-def flatten(d: dict, prefix: str = "", lists: bool = False) -> dict:
+def flatten(d: dict, prefix: str = "", lists: bool = False, empty: bool = False) -> dict:
     """Nested report -> {'reconstruction.psnr': ..}, scalars only (lists are left out, or kept
-    as they are with `lists=True`: a config's `model.hidden`)."""
+    as they are with `lists=True`: a config's `model.hidden`; an empty dict is kept as a value
+    with `empty=True`, so comparing two configs sees `{}` against a missing key)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + ".", lists))
+        if isinstance(v, dict) and (v or not empty):
+            out.update(flatten(v, key + ".", lists, empty))
         elif lists or not isinstance(v, list):
             out[key] = v
     return out

@@ -15,6 +15,7 @@ from aexp import checkpoint
 from aexp import trust
 from aexp.build import allowed_targets, upgrade
 from aexp.errors import CheckpointError, ConfigError
+from aexp.io import flatten
 
 # Config keys a resumed run may change: where it continues from, how long it goes on, where,
 # and where its metrics go besides metrics.csv (trackers).
@@ -139,14 +140,9 @@ def _differing(a: dict, b: dict, may_change=()) -> list[str]:
             and not (k not in a and k in ADDED_LATER and ADDED_LATER[k][0](a, b[k]))]
 
 
-def _flat(d, prefix="") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _flat(d) -> dict:
+    """Every setting by its dotted key (lists and empty groups kept whole)."""
+    return flatten(d, lists=True, empty=True)
 
 
 def rng_state(gen: torch.Generator) -> dict:
