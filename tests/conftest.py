@@ -41,6 +41,17 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
         path.write_bytes(payload)
 
 
+def make_photos(folder: Path, n: int, size: int = 16) -> Path:
+    """A flat folder of `n` random RGB PNGs, `size` pixels square (an image_folder stand-in)."""
+    import numpy as np
+    from PIL import Image
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return folder
+
+
 def make_mnist(root: Path, n_train: int = 120, n_test: int = 40, name: str = "MNIST",
                compress: bool = False, seed: int = 0) -> Path:
     """Tiny MNIST-format data: each class a distinct blob position, so it is learnable."""

@@ -11,7 +11,7 @@ from aexp.data.tasks import Colorize
 from aexp.models import Autoencoder
 from aexp.report import baselines
 from aexp.report.evaluate import evaluate, print_table, settings
-from conftest import make_mnist, run_cli
+from conftest import make_mnist, make_photos, run_cli
 
 
 class _Zero(Autoencoder):
@@ -48,7 +48,7 @@ def test_the_mean_image_and_its_error_by_hand(tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["baseline"] == rep["baseline"]
 
 
-def test_the_median_ab_constant_and_its_accuracy_by_hand(tmp_path):
+def test_the_median_ab_constant_and_its_accuracy_by_hand():
     # the colouriser's targets are a,b of the photos; grey photos have a = b = 0.5 exactly
     grey = torch.full((6, 3, 4, 4), 128, dtype=torch.uint8)
     red = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
@@ -62,8 +62,6 @@ def test_the_median_ab_constant_and_its_accuracy_by_hand(tmp_path):
     _, y_test = data.batch(data.test)
     exact = (const.expand_as(y_test) - y_test).abs() <= 0.01
     assert exact.float().mean() == 0.75                            # right on the 3 grey, wrong on the red
-    run = SimpleNamespace(run_dir=tmp_path, data=data, model=_Zero().eval(), device=torch.device("cpu"),
-                          state={"epoch": 1}, cfg=None)
     from aexp.report.evaluate import baseline
     pred = {"x": data.batch(data.test)[0], "y": y_test, "x_hat": y_test}
     got = baseline(pred, const, "colorize", True, settings(None))
@@ -93,13 +91,8 @@ def test_baselines_sit_beside_the_model_in_the_table_and_the_summary(tmp_path, c
 
 
 def test_a_colorization_sweep_summary_has_baselines_and_one_picture_grid(tmp_path, capsys):
-    import numpy as np
     from PIL import Image
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(30):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(photos / f"{i:02d}.png")
+    photos = make_photos(tmp_path / "photos", 30)
     sweep = tmp_path / "sweep"
     code, err = run_cli(["train", "-m", "+experiment=colorize_daisy", f"dataset.root={photos}", "dataset.size=16",
                          "model.width=4", "model.pooling=0,1", "train.max_steps=2", "frames.enabled=false",

@@ -11,7 +11,7 @@ from aexp.errors import ConfigError
 from aexp.losses import Loss, MSE, VectorQuantization
 from aexp.models.conv import ConvAE
 from aexp.models.quantize import VectorQuantizer
-from conftest import run_cli
+from conftest import make_photos, run_cli
 
 
 def _vq_model(**codebook):
@@ -111,11 +111,7 @@ def test_vq_settings_are_checked():
 
 
 def test_vq_preset_logs_usage_draws_it_and_reports_the_codebook(tmp_path, capsys):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(photos / f"{i:02d}.png")
+    photos = make_photos(tmp_path / "photos", 24)
     run = tmp_path / "run"
     code, err = run_cli(["train", "model=vqvae", "dataset=image_folder", f"dataset.root={photos}",
                          "dataset.size=16", "model.codebook.size=16", "train.epochs=2", "train.batch_size=8",
