@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from aexp.errors import ConfigError
 from aexp.report import measures, quality
