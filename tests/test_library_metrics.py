@@ -114,9 +114,9 @@ def test_eval_reports_ms_ssim(tmp_path, tiny_mnist, capsys):
 @pytest.mark.slow
 def test_eval_reports_the_inception_fid(tmp_path, tiny_mnist, inception_file, capsys):
     run = tmp_path / "run"
-    code, err = run_cli(["train", "dataset=mnist", "model=mlp", "model.hidden=[16]", f"dataset.root={tiny_mnist}",
+    code, err = run_cli(["train", "dataset=mnist", "model=vae", "model.hidden=[16]", f"dataset.root={tiny_mnist}",
                          "dataset.val_size=20", "train.epochs=1", "frames.enabled=false",
-                         "eval.classifier.enabled=false", "eval.pictures=false",
+                         "eval.classifier.enabled=false", "eval.pictures=false", "eval.nll_samples=0",
                          f"eval.inception_weights={inception_file}", "eval.inception_max_images=8",
                          f"hydra.run.dir={run}"], capsys)
     assert code == 0, err[-1500:]
