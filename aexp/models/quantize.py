@@ -79,13 +79,13 @@ class VectorQuantizer(nn.Module):
             n = self.count.sum()
             smoothed = (self.count + self.eps) / (n + self.size * self.eps) * n
             self.codebook.copy_(self.embed_sum / smoothed.unsqueeze(1))
-        dead = self.count < self.restart_below
-        if dead.any():
-            pick = torch.randint(0, len(flat), (int(dead.sum()),), device=flat.device)
-            fresh = flat[pick]
-            if dist.is_available() and dist.is_initialized():
-                dist.broadcast(fresh, 0)
-            self.codebook.data[dead] = fresh.to(self.codebook.dtype)
-            self.count[dead] = self.restart_below
-            if self.ema is not None:
-                self.embed_sum[dead] = fresh * self.restart_below
+        # Restarts without asking the device whether any code is dead (that would sync the host
+        # every step): a candidate encoding is drawn for every code and kept where it is dead.
+        dead = (self.count < self.restart_below).unsqueeze(1)
+        fresh = flat[torch.randint(0, len(flat), (self.size,), device=flat.device)]
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(fresh, 0)
+        self.codebook.data.copy_(torch.where(dead, fresh.to(self.codebook.dtype), self.codebook.data))
+        self.count.copy_(torch.where(dead[:, 0], torch.full_like(self.count, self.restart_below), self.count))
+        if self.ema is not None:
+            self.embed_sum.copy_(torch.where(dead, fresh * self.restart_below, self.embed_sum))
