@@ -20,7 +20,7 @@ def views(run, pred, ev) -> tuple | None:
     if test_orig.dim() != 4:
         return None
     samples = None
-    if data.task.name == "reconstruct" and pred["sampler"]:   # a VQ code has no sampler
+    if data.task.name == "reconstruct" and pred["sampler"]:   # none: a VQ code, an AE not asked
         codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)))
         samples = data.to_rgb(None, draw.decode(run.model, codes))
     return test_orig, test_pred, samples
