@@ -91,11 +91,18 @@ def test_codebook_loss_only_for_a_learned_codebook_and_usage_is_logged():
 
 
 def test_perplexity_counts_equally_used_codes():
-    term = VectorQuantization()
+    from aexp.models.quantize import usage
     codes = torch.tensor([0, 1, 2, 3] * 4).view(4, 2, 2)
+    for dtype in (torch.float32, torch.float64):
+        used, perplexity = usage(codes, 16, dtype)
+        assert int(used) == 4
+        torch.testing.assert_close(perplexity, torch.tensor(4.0, dtype=dtype))
+    # the loss logs the quantiser's own figures, one value per sample
+    term = VectorQuantization()
     e = torch.zeros(4, 1, 2, 2)
-    out = type("Out", (), {"extras": {"vq_e": e, "vq_q": e, "codes": codes, "vq_size": 16,
-                                      "vq_ema": True}})
+    used, perplexity = usage(codes, 16)
+    out = type("Out", (), {"extras": {"vq_e": e, "vq_q": e, "codes": codes, "vq_used": used,
+                                      "vq_perplexity": perplexity, "vq_ema": True}})
     parts = term(out, None, None, None, "sum")
     torch.testing.assert_close(parts["perplexity"], torch.full((4,), 4.0))
     torch.testing.assert_close(parts["used"], torch.full((4,), 4.0))

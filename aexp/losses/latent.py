@@ -142,14 +142,10 @@ class VectorQuantization(Term):
     def __call__(self, out, x, y, model, reduction):
         if "vq_e" not in out.extras:
             raise ConfigError("loss term 'vq' needs a VQ model (model=vqvae, or model.codebook set)")
-        e, q, codes = out.extras["vq_e"], out.extras["vq_q"], out.extras["codes"]
+        e, q = out.extras["vq_e"], out.extras["vq_q"]
         parts = {"commit": per_sample((e - q.detach()) ** 2, reduction)}
         if not out.extras["vq_ema"]:
             parts["codebook"] = per_sample((e.detach() - q) ** 2, reduction)
-        with torch.no_grad():
-            counts = torch.bincount(codes.flatten(), minlength=out.extras["vq_size"]).float()
-            p = counts / counts.sum()
-            perplexity = torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
-        parts["perplexity"] = perplexity.expand(len(e))
-        parts["used"] = (counts > 0).sum().float().expand(len(e))
+        parts["perplexity"] = out.extras["vq_perplexity"].float().expand(len(e))   # the quantiser's
+        parts["used"] = out.extras["vq_used"].float().expand(len(e))
         return parts

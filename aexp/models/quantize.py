@@ -23,6 +23,16 @@ from aexp.errors import ConfigError
 USAGE_DECAY = 0.99   # how fast a learned (non-EMA) codebook's usage counts forget
 
 
+def usage(codes: torch.Tensor, size: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes used, perplexity) of a set of code indices, as tensors on their device: the
+    perplexity is exp of the code distribution's entropy, `size` if every code were used equally.
+    The loss logs it per batch; the evaluation over the whole test set (in float64). Integer
+    counts carry no gradient, so no no_grad block is needed (one would break torch.export)."""
+    counts = torch.bincount(codes.flatten().long(), minlength=size).to(dtype)
+    p = counts / counts.sum()
+    return (counts > 0).sum(), torch.exp(-(p * p.clamp_min(torch.finfo(dtype).tiny).log()).sum())
+
+
 class VectorQuantizer(nn.Module):
     def __init__(self, size: int = 512, dim: int = 64, ema: float | None = 0.99,
                  restart_below: float = 1.0, eps: float = 1e-5):
@@ -54,7 +64,8 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, h: torch.Tensor):
         """(straight-through quantised map, extras): extras hold the encoder output `vq_e`, the
-        chosen codes `vq_q` (a gradient only when the codebook is a parameter) and `codes`."""
+        chosen codes `vq_q` (a gradient only when the codebook is a parameter), `codes`, and
+        the batch's codebook usage (`vq_used`, `vq_perplexity`)."""
         flat = h.permute(0, 2, 3, 1).reshape(-1, self.dim)
         idx = self.nearest(flat)
         if self.training:
@@ -62,8 +73,9 @@ class VectorQuantizer(nn.Module):
         q = F.embedding(idx, self.codebook).to(h.dtype).view(h.shape[0], *h.shape[2:], self.dim)
         q = q.permute(0, 3, 1, 2)
         codes = idx.view(h.shape[0], *h.shape[2:])
-        return h + (q - h).detach(), {"vq_e": h, "vq_q": q, "codes": codes, "vq_size": self.size,
-                                      "vq_ema": self.ema is not None}
+        used, perplexity = usage(codes, self.size)
+        return h + (q - h).detach(), {"vq_e": h, "vq_q": q, "codes": codes, "vq_used": used,
+                                      "vq_perplexity": perplexity, "vq_ema": self.ema is not None}
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, idx: torch.Tensor) -> None:

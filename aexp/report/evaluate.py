@@ -23,6 +23,7 @@ from aexp.build import check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
 from aexp.losses.variational import decoder_log_prob
+from aexp.models import quantize
 from aexp.report import baselines, measures, quality
 from aexp.report import scores as scores_of
 from aexp.report.pictures import make_all
@@ -132,10 +133,8 @@ def sampler(run, pred) -> str | None:
 def codebook_usage(codes: torch.Tensor, size: int) -> dict:
     """How much of a VQ codebook the test set uses: codes used, and the perplexity of the code
     distribution over all positions of all test images (`size` if every code were equally used)."""
-    counts = torch.bincount(codes.flatten().long(), minlength=size).double()
-    p = counts / counts.sum()
-    return {"size": size, "used": int((counts > 0).sum()),
-            "perplexity": float(torch.exp(-(p * p.clamp_min(1e-300).log()).sum()))}
+    used, perplexity = quantize.usage(codes, size, torch.float64)
+    return {"size": size, "used": int(used), "perplexity": float(perplexity)}
 
 
 def latent_stats(pred: dict) -> dict:
