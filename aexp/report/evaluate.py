@@ -185,15 +185,17 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
                               for name, c in constants.items()}
     if "mu" in pred and int(ev.nll_samples) > 0:
         report["vae"] = vae_likelihood(model, data, ev, run.device)
+    # the images the classifier and the FIDs see (samples decoded once for both)
+    seen = scores_of.views(run, pred, ev) if ev.classifier.enabled or ev.get("inception_weights") else None
     if ev.classifier.enabled:
-        acc, scores = scores_of.classifier_accuracy(run, pred, ev, log, constants)
+        acc, scores = scores_of.classifier_accuracy(run, pred, ev, log, constants, seen)
         if acc:
             report["classifier"] = {k: v for k, v in acc.items() if k != "baseline"}
             for name, value in acc["baseline"].items():
                 report["baseline"][name]["classifier"] = {"accuracy_reconstruction": value}
         if scores:
             report["quality"] = scores
-    fid = scores_of.inception(run, pred, ev)
+    fid = scores_of.inception(run, pred, ev, seen)
     if fid:
         report["inception"] = fid
     if pictures:

@@ -26,11 +26,12 @@ def views(run, pred, ev) -> tuple | None:
     return test_orig, test_pred, samples
 
 
-def classifier_accuracy(run, pred, ev, log, constants=None) -> tuple[dict | None, dict | None]:
+def classifier_accuracy(run, pred, ev, log, constants=None, seen=None) -> tuple[dict | None, dict | None]:
     """(the classifier's accuracy on originals, on predictions and (under "baseline") on each
     constant prediction of `constants`; the FID/KID section on its features when
-    `eval.quality`), for labelled image data; (None, None) otherwise."""
-    data, seen = run.data, views(run, pred, ev)
+    `eval.quality`), for labelled image data; (None, None) otherwise. `seen`: `views` of the
+    run, when the caller has them already."""
+    data, seen = run.data, seen or views(run, pred, ev)
     if seen is None or data.train.y is None or data.test.y is None or not data.num_classes:
         return None, None
     test_orig, test_pred, samples = seen
@@ -55,11 +56,13 @@ def classifier_accuracy(run, pred, ev, log, constants=None) -> tuple[dict | None
     return acc, quality.report(model, train_view.to(dev), test_orig.to(dev), test_pred.to(dev), samples)
 
 
-def inception(run, pred, ev) -> dict | None:
+def inception(run, pred, ev, seen=None) -> dict | None:
     """`fid_inception` of reconstructions (and samples) against the test images, from the local
     weights file `eval.inception_weights` (None: not asked for, or not image data)."""
-    seen = views(run, pred, ev)
-    if not ev.get("inception_weights") or seen is None:
+    if not ev.get("inception_weights"):
+        return None
+    seen = seen or views(run, pred, ev)
+    if seen is None:
         return None
     if not quality.available():
         return {"skipped": "torchmetrics is not installed (pip install -e '.[metrics]')"}
