@@ -32,9 +32,9 @@ EXAMPLES_VAE = ["model=vae", "model.hidden=[400]", "model.latent_dim=20", "loss=
                 "optimizer.lr=1e-3", "schedule=none", "dataset=mnist"]
 
 
-def aexp_rate(compose, overrides, root, epochs: int, device) -> float:
+def aexp_rate(compose, overrides, root, epochs: int, device, batch: int = BATCH) -> float:
     """Median training samples/s of aexp's train() over epochs 2.. (frames and eval off)."""
-    cfg = compose([*overrides, f"dataset.root={root}", f"train.epochs={epochs}", f"train.batch_size={BATCH}",
+    cfg = compose([*overrides, f"dataset.root={root}", f"train.epochs={epochs}", f"train.batch_size={batch}",
                    "frames.enabled=false", "eval.enabled=false", f"device={device}"])
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, Path(tmp))
