@@ -25,8 +25,6 @@ import numpy as np
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
 
 from aexp.build import build, conf_dir, resolve_device
 from aexp.data import mnist
@@ -34,6 +32,7 @@ from aexp.io import read_csv
 from aexp.report.render import render
 from aexp.run.train import train
 from field import busy_machine, markdown as field_markdown, sweep_on_two_cores
+import peer_loops
 from parity import aexp_rate, markdown as parity_markdown, parity
 
 MODELS = {  # bench name -> aexp config overrides (model and loss as a user would pick them)
@@ -82,23 +81,9 @@ def conventional_throughput(overrides, root, epochs, batch_size, device) -> dict
     torch.manual_seed(0)
     model = build(cfg.model, in_shape=(1, 28, 28), out_shape=(1, 28, 28)).to(dev)
     loss_fn = build(cfg.loss)   # the same maths as aexp's (its code is aexp's own)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)   # the tutorials' Adam
-    kwargs = {"num_workers": 1, "pin_memory": True} if dev.type == "cuda" else {}
-    ds = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, **kwargs)
-    rates = []
-    for _ in range(epochs):
-        model.train()
-        t0, train_loss = time.perf_counter(), 0.0
-        for data, _ in loader:
-            data = data.to(dev)
-            optimizer.zero_grad()
-            loss = loss_fn(model(data), data, data, model)["loss"]
-            loss.backward()
-            train_loss += loss.item()
-            optimizer.step()
-        rates.append(len(ds) / (time.perf_counter() - t0))
-    return {"samples_per_s": statistics.median(rates[1:] or rates), "epochs": epochs}
+    rate = peer_loops.dataloader_loop(model, lambda m, x: loss_fn(m(x), x, x, m)["loss"], root, epochs,
+                                      batch_size, dev, lr=cfg.optimizer.lr)   # plain Adam, as tutorials
+    return {"samples_per_s": rate, "epochs": epochs}
 
 
 def matmul_peak(device, n=2048, reps=10) -> float:

@@ -12,12 +12,9 @@ Both loops train for whole epochs of the same number of samples; the first epoch
 measurement is a warm-up and is not counted."""
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
 
 import peer_loops
 from aexp.data import mnist
@@ -65,22 +62,7 @@ def _dataloader_vae(root, epochs: int, device) -> float:
     """pytorch/examples' VAE loop as written there: ToTensor DataLoader, per-batch .item()."""
     torch.manual_seed(0)
     model = peer_loops.ExamplesVAE().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    ds = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
-    loader = DataLoader(ds, batch_size=BATCH, shuffle=True)
-    rates = []
-    for _ in range(epochs):
-        t0, total = time.perf_counter(), 0.0
-        for x, _ in loader:
-            x = x.to(device)
-            opt.zero_grad()
-            recon, mu, logvar = model(x)
-            loss = peer_loops.examples_vae_loss(recon, x, mu, logvar)
-            loss.backward()
-            total += loss.item()
-            opt.step()
-        rates.append(len(ds) / (time.perf_counter() - t0))
-    return statistics.median(rates[1:] or rates)
+    return peer_loops.dataloader_loop(model, peer_loops.examples_vae_step, root, epochs, BATCH, device)
 
 
 def parity(compose, root, published_root, rounds: int, epochs: int, device) -> dict:

@@ -17,6 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
 
 
 class PublishedBaseline32(nn.Module):
@@ -57,6 +59,12 @@ def examples_vae_loss(recon_x, x, mu, logvar):
     return bce + -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
 
 
+def examples_vae_step(model, x):
+    """The batch loss of pytorch/examples' VAE."""
+    recon, mu, logvar = model(x)
+    return examples_vae_loss(recon, x, mu, logvar)
+
+
 def _run(model, step, images: torch.Tensor, batch: int, epochs: int, steps: int, device) -> float:
     """Median samples/s over epochs 2.. of `steps` steps each (the first is warm-up)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -87,8 +95,27 @@ def examples_vae(images: torch.Tensor, batch=128, epochs=3, steps=200, device=to
     """`images`: uint8 [N, 1, 28, 28]."""
     torch.manual_seed(0)
     model = ExamplesVAE().to(device)
+    return _run(model, examples_vae_step, images, batch, epochs, steps, device)
 
-    def step(m, x):
-        recon, mu, logvar = m(x)
-        return examples_vae_loss(recon, x, mu, logvar)
-    return _run(model, step, images, batch, epochs, steps, device)
+
+def dataloader_loop(model, loss_of, root, epochs: int, batch: int, device, lr: float = 1e-3) -> float:
+    """The tutorials' loop (pytorch/examples' shape): torchvision MNIST with ToTensor, a shuffled
+    DataLoader, plain Adam, a per-batch `.item()`. `loss_of(model, x)` gives the batch loss.
+    Median samples/s of epochs 2.. (the first is warm-up)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    ds = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, **kwargs)
+    rates = []
+    for _ in range(epochs):
+        model.train()
+        t0, train_loss = time.perf_counter(), 0.0
+        for x, _ in loader:
+            x = x.to(device)
+            optimizer.zero_grad()
+            loss = loss_of(model, x)
+            loss.backward()
+            train_loss += loss.item()
+            optimizer.step()
+        rates.append(len(ds) / (time.perf_counter() - t0))
+    return statistics.median(rates[1:] or rates)
