@@ -9,17 +9,25 @@ import torch
 
 from aexp.data.color import ENCODINGS
 from aexp.data.corruption import Corruption, NoCorruption
+from aexp.data.storage import Stored, choose, place, subset
 from aexp.data.tasks import Reconstruct, Task
 from aexp.errors import ConfigError, DataError
 
 
 @dataclass
 class Split:
-    x: torch.Tensor                 # uint8 [N, C, H, W] for images, float [N, D] for vectors
+    x: torch.Tensor | Stored        # uint8 [N, C, H, W] for images, float [N, D] for vectors;
+                                    # a Stored view for images read per batch (data.storage)
     y: torch.Tensor | None = None   # int64 class labels [N], when the data has them
 
     def __len__(self):
         return len(self.x)
+
+    def plan(self, batches) -> None:
+        """Say which index tensors the coming batches will ask for (an iterable), so storage
+        that reads per batch prepares them ahead; resident tensors need nothing."""
+        if isinstance(self.x, Stored):
+            self.x.plan(batches)
 
 
 @dataclass
@@ -37,6 +45,10 @@ class Data:
     task: Task = field(default_factory=Reconstruct)   # task.name: "reconstruct" | "colorize"
     corruption: Corruption = field(default_factory=NoCorruption)
     redraw: Callable | None = None  # redraw(generator) -> a fresh training split's x, or None
+    storage: str = "device"         # for Stored splits: auto | device | host | disk (data.storage)
+    memory_budget: float | None = None  # GiB the images may take in memory (None: half the free)
+    placed: str = ""                # where `to` put the images, and why (shown in the banner)
+    skipped: int = 0                # undecodable files left out (dataset.skip_bad)
 
     @property
     def in_shape(self) -> tuple:
@@ -92,9 +104,20 @@ class Data:
             self.train = Split(self.redraw(gen).to(self.train.x.device))
 
     def to(self, device) -> "Data":
-        move = lambda s: Split(s.x.to(device), None if s.y is None else s.y.to(device))
+        """The data on the training `device`: tensors moved there; Stored images placed in the
+        storage mode `storage` resolves to (aexp.data.storage)."""
+        device = torch.device(device)
+        splits = (self.train, self.val, self.test)
+        placed = self.placed
+        mode = "device"
+        if any(isinstance(s.x, Stored) for s in splits):
+            nbytes = sum(s.x.nbytes for s in splits if isinstance(s.x, Stored))
+            mode, why = choose(self.storage, nbytes, device, self.memory_budget)
+            placed = f"{mode} ({why})"
+        move = lambda s: Split(place(s.x, mode, device), None if s.y is None else s.y.to(device))
         self.task.to(device)
-        return replace(self, train=move(self.train), val=move(self.val), test=move(self.test))
+        return replace(self, train=move(self.train), val=move(self.val), test=move(self.test),
+                       placed=placed)
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +131,7 @@ def carve(split: Split, size: int, seed: int, what: str = "validation") -> tuple
     if not 0 < size < n:
         raise DataError(f"{what} size {size} leaves an empty split of {n} samples")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    pick = lambda idx: Split(take(split.x, idx), take(split.y, idx))
+    pick = lambda idx: Split(subset(split.x, idx), take(split.y, idx))
     return pick(perm[size:]), pick(perm[:size])
 
 
@@ -116,5 +139,5 @@ def take(t: torch.Tensor | None, idx) -> torch.Tensor | None:
     """`t[idx]`; for an index tensor through `index_select`, about 3x faster than `t[idx]`
     on large uint8 image tensors."""
     if t is None or idx is None:
-        return t
+        return t[:] if isinstance(t, Stored) else t     # (a Stored split read whole)
     return t.index_select(0, idx) if isinstance(idx, torch.Tensor) and idx.dim() == 1 else t[idx]

@@ -3,6 +3,8 @@ and CIFAR-10 (pickled batches). Each is read straight into one uint8 tensor; mis
 downloaded through torchvision when online, and offline and missing gives one line naming the
 files and where they go."""
 import gzip
+import hashlib
+import json
 import math
 import pickle
 import struct
@@ -13,8 +15,9 @@ import numpy as np
 import torch
 
 from aexp.data.core import Data, Split, carve
+from aexp.data.storage import Stored, as_tensor, check_mode, memory_mapped
 from aexp.errors import DataError
-from aexp.io import atomic_write
+from aexp.io import atomic_write, cache_root
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -22,20 +25,25 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Sneaker", "Bag", "Ankle boot"]
 
 
-def mnist(root: str = "data", val_size: int = 5000, seed: int = 0, download: bool = True) -> Data:
-    """MNIST from `<root>/MNIST/raw/` (the four IDX files, `.gz` or extracted)."""
+def mnist(root: str = "data", val_size: int = 5000, seed: int = 0, download: bool = True,
+          storage: str = "auto", memory_budget: float | None = None) -> Data:
+    """MNIST from `<root>/MNIST/raw/` (the four IDX files, `.gz` or extracted). `storage`:
+    where the images live while training (aexp.data.storage; `disk` reads the extracted IDX
+    files, memory-mapped)."""
     return _idx_dataset("MNIST", "mnist", root, val_size, seed, download,
-                        classes=[str(i) for i in range(10)])
+                        [str(i) for i in range(10)], storage, memory_budget)
 
 
 def fashion_mnist(root: str = "data", val_size: int = 5000, seed: int = 0,
-                  download: bool = True) -> Data:
+                  download: bool = True, storage: str = "auto",
+                  memory_budget: float | None = None) -> Data:
     """Fashion-MNIST from `<root>/FashionMNIST/raw/` (same IDX file names as MNIST)."""
     return _idx_dataset("FashionMNIST", "fashion_mnist", root, val_size, seed, download,
-                        classes=FASHION_CLASSES)
+                        FASHION_CLASSES, storage, memory_budget)
 
 
-def _idx_dataset(cls_name, name, root, val_size, seed, download, classes) -> Data:
+def _idx_dataset(cls_name, name, root, val_size, seed, download, classes, storage,
+                 memory_budget) -> Data:
     raw = Path(root).expanduser() / cls_name / "raw"
     have = lambda f: (raw / f).is_file() or (raw / f"{f}.gz").is_file()
     if not all(have(f) for f in MNIST_FILES):
@@ -46,19 +54,20 @@ def _idx_dataset(cls_name, name, root, val_size, seed, download, classes) -> Dat
     train_x, train_y, test_x, test_y = (read_idx(raw, f) for f in MNIST_FILES)
     if len(train_x) != len(train_y) or len(test_x) != len(test_y):
         raise DataError(f"{raw}: image and label files disagree in length")
-    whole = Split(train_x.unsqueeze(1), train_y.long())
+    whole = Split(Stored(train_x.unsqueeze(1)), train_y.long())
     fit, val = carve(whole, val_size, seed)
-    return Data(name, "image", fit, val, Split(test_x.unsqueeze(1), test_y.long()),
-                num_classes=len(classes), classes=classes)
+    return Data(name, "image", fit, val, Split(Stored(test_x.unsqueeze(1)), test_y.long()),
+                num_classes=len(classes), classes=classes, storage=check_mode(storage, memory_budget),
+                memory_budget=memory_budget)
 
 
 def read_idx(folder: Path, name: str) -> torch.Tensor:
     """Read an IDX file (uint8 payload) as a tensor. A `.gz` alone is extracted beside itself
-    once (when the folder is writable), so later runs skip the decompression and read the
-    file straight into the tensor's memory (no copy)."""
+    once (when the folder is writable), so later runs skip the decompression and map the
+    file: the tensor reads from it only what is used (see aexp.data.storage)."""
     path, gz = folder / name, folder / f"{name}.gz"
     if path.is_file():
-        buf = np.fromfile(path, np.uint8)
+        buf = np.memmap(path, np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
     else:
         try:
             payload = gzip.decompress(gz.read_bytes())
@@ -76,7 +85,7 @@ def read_idx(folder: Path, name: str) -> torch.Tensor:
     data = buf[4 + 4 * ndim:]
     if data.size != math.prod(dims):
         raise DataError(f"{path} is truncated ({data.size} of {math.prod(dims)} bytes)")
-    return torch.from_numpy(data.reshape(dims))
+    return as_tensor(data.reshape(dims))
 
 
 CIFAR_DIR = "cifar-10-batches-py"
@@ -84,9 +93,14 @@ CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
-def cifar10(root: str = "data", val_size: int = 5000, seed: int = 0, download: bool = True) -> Data:
+def cifar10(root: str = "data", val_size: int = 5000, seed: int = 0, download: bool = True,
+            storage: str = "auto", memory_budget: float | None = None,
+            cache_dir: str | None = None) -> Data:
     """CIFAR-10 from `<root>/cifar-10-batches-py/` (torchvision's layout: data_batch_1..5,
-    test_batch, batches.meta), or from `<root>/cifar-10-python.tar.gz`, extracted once."""
+    test_batch, batches.meta), or from `<root>/cifar-10-python.tar.gz`, extracted once. The
+    unpickled images are kept as a memory-mappable cache file (in `cache_dir`), which later
+    runs map instead of unpickling, and `storage=disk` reads per batch."""
+    check_mode(storage, memory_budget)
     root = Path(root).expanduser()
     folder = root / CIFAR_DIR
     needed = (*CIFAR_TRAIN, "test_batch")
@@ -107,14 +121,31 @@ def cifar10(root: str = "data", val_size: int = 5000, seed: int = 0, download: b
         missing = [f for f in needed if not (folder / f).is_file()]
         if missing:
             raise DataError(f"{folder} lacks {', '.join(missing)}")
-    train = [_cifar_batch(folder / f) for f in CIFAR_TRAIN]
-    whole = Split(torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]))
-    test = Split(*_cifar_batch(folder / "test_batch"))
+    whole, test = (_cifar_split(folder, names, cache_dir) for names in (CIFAR_TRAIN, ("test_batch",)))
     classes = [str(i) for i in range(10)]
     if (folder / "batches.meta").is_file():
         classes = list(_unpickle(folder / "batches.meta").get("label_names", classes))
     fit, val = carve(whole, val_size, seed)
-    return Data("cifar10", "image", fit, val, test, num_classes=len(classes), classes=classes)
+    return Data("cifar10", "image", fit, val, test, num_classes=len(classes), classes=classes,
+                storage=storage, memory_budget=memory_budget)
+
+
+def _cifar_split(folder: Path, names, cache_dir) -> Split:
+    """The images of the batch files `names` as a Stored view of their cache file (written
+    once, keyed by the files' sizes and times), and their labels."""
+    stats = [(n, (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns) for n in names]
+    key = hashlib.sha256(json.dumps([str(folder.resolve()), stats]).encode()).hexdigest()[:20]
+    path = cache_root(cache_dir) / f"cifar10-{key}.npy"
+    labels = path.with_suffix(".labels.npy")
+    if not (path.is_file() and labels.is_file()):
+        batches = [_cifar_batch(folder / n) for n in names]
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        try:
+            atomic_write(labels, lambda f: np.save(f, y.numpy()))
+            atomic_write(path, lambda f: np.save(f, x.numpy()))
+        except OSError:     # an unwritable cache: the images stay in memory
+            return Split(Stored(x), y)
+    return Split(Stored(memory_mapped(path)), torch.from_numpy(np.load(labels)).long())
 
 
 class _NumpyOnly(pickle.Unpickler):

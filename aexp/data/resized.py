@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from aexp.data.core import Data, Split
 from aexp.data.files import mnist
+from aexp.data.storage import resident
 from aexp.errors import ConfigError
 
 
@@ -16,7 +17,7 @@ def resize(data: Data, size: int, channels: int) -> Data:
         raise ConfigError(f"dataset.size and dataset.channels must be positive, got {size}, {channels}")
 
     def one(split: Split) -> Split:
-        x = split.x
+        x = resident(split.x)
         if x.shape[1] not in (1, channels):
             raise ConfigError(f"cannot turn {x.shape[1]}-channel images into {channels} channels")
         out = []

@@ -25,7 +25,9 @@ MAY_CHANGE = ("resume", "train.epochs", "device", "logger")
 # present, absent or changed (e.g. a run saved with `threads: null` or `channels_last: true`
 # under today's `auto`). The maths is the same; another thread count or memory layout can only
 # change the order of floating-point sums, so a resume is bit-exact when they decide the same.
-SPEED_ONLY = ("train.threads", "train.channels_last")
+# Where the images live (dataset.storage) changes nothing at all: the same batches, same pixels.
+SPEED_ONLY = ("train.threads", "train.channels_last", "dataset.storage", "dataset.memory_budget",
+              "dataset.workers")
 
 # What happens after training: the evaluation and the value a sweep reads off the run. A run
 # resumes, and a finished run stays finished, whatever these are now (a changed default such as
@@ -40,6 +42,8 @@ ADDED_LATER = {
                               "model.code_activation=null"),
     # baseline32 always ended in its full-size conv head
     "model.head": (lambda saved, value: value in (None, True), "model.head=true"),
+    # image folders with an unreadable file always refused to load
+    "dataset.skip_bad": (lambda saved, value: value in (None, False), "dataset.skip_bad=false"),
 }
 
 

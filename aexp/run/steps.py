@@ -136,6 +136,7 @@ def validation_loss(model, loss_fn, data, split, batch_size: int) -> dict:
     """Batch-size-weighted mean of every loss term over a split (model in eval mode)."""
     model.eval()
     sums, n = {}, len(split)
+    split.plan(torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
     for i in range(0, n, batch_size):
         idx = torch.arange(i, min(i + batch_size, n), device=split.x.device)
         x, y = data.batch(split, idx)

@@ -77,7 +77,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]aexp[/] {type(model).__name__} ({n_params:,} parameters) on "
                   f"{data.name} ({len(data.train)} train / {len(data.val)} val) · {device} · "
-                  f"{cpu_threads} · run folder {run_dir}", soft_wrap=True)
+                  f"{cpu_threads}{data_note(data)} · run folder {run_dir}", soft_wrap=True)
     main = distributed.is_main()   # only rank 0 writes frames, metrics and checkpoints
     frames = FrameWriter(data, run_dir / "frames", probe_size=cfg.frames.probe_size,
                          size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled and main else None
@@ -108,7 +108,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
             model.train()
             st.start_epoch(model, loss_fn, epoch)
             size = st.progressive_size(cfg.train.get("progressive"), epoch)
-            ep = EpochProgress.begin(partial, data, gen, device)
+            ep = EpochProgress.begin(partial, data, gen, data.train.x.device)
+            data.train.plan(distributed.shard(ep.perm[s * bs:(s + 1) * bs])[0]   # read ahead
+                            for s in range(ep.step, steps))                     # (data.storage)
             partial, shown, watch = None, 0.0, faults.FirstNonFinite()
             for step in range(ep.step, steps):
                 done = (epoch - 1) * steps + step     # batches before this one (train.max_steps)
@@ -184,6 +186,12 @@ def setup(cfg) -> torch.device:
     console.quiet = not distributed.is_main()   # under torchrun, rank 0 speaks for all
     seed_everything(cfg.seed)
     return device
+
+
+def data_note(data) -> str:
+    """Where the images live and how many files were left out, for the banner."""
+    note = f" · data {data.placed}" if data.placed else ""
+    return note + (f" · {data.skipped} unreadable image file(s) skipped" if data.skipped else "")
 
 
 def progress_bar() -> Progress:
