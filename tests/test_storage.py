@@ -251,3 +251,22 @@ def test_ddp_on_disk_storage_matches_one_process(tmp_path):
     wa, wb = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in (single, ddp))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_reads_through_the_storage_and_agrees_across_modes(tmp_path):
+    import json
+    root = photos(tmp_path / "pics")
+    reports = {}
+    for mode in ("device", "disk"):
+        run = tmp_path / mode
+        aexp("train", "dataset=image_folder", f"dataset.root={root}", "dataset.size=8",
+             f"dataset.cache_dir={tmp_path / 'cache'}", f"dataset.storage={mode}", "model=mlp",
+             "model.hidden=[16]", "train.epochs=1", "train.batch_size=8", "frames.probe_size=4",
+             "eval.classifier.epochs=1", f"eval.classifier.cache_dir={tmp_path / mode / 'clf'}",
+             "train.threads=1", f"hydra.run.dir={run}")
+        reports[mode] = json.loads((run / "eval.json").read_text())
+    a, b = reports["device"], reports["disk"]
+    assert a["reconstruction"] == b["reconstruction"] and a["classifier"]["accuracy_reconstruction"] \
+        == b["classifier"]["accuracy_reconstruction"]
+    assert a["quality"]["reconstruction"]["fid_classifier"] == pytest.approx(
+        b["quality"]["reconstruction"]["fid_classifier"], rel=1e-4)

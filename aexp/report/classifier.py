@@ -64,8 +64,9 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 def fit(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 3,
         batch_size: int = 128, lr: float = 3e-3, seed: int = 0, log=None) -> SmallCNN:
-    """Train a SmallCNN on float images [N, C, H, W] (resident tensors, batched by index) with
-    Adam under a one-cycle schedule peaking at `lr`."""
+    """Train a SmallCNN on float images [N, C, H, W] (a tensor, or anything indexed like one:
+    report.scores.TrainViews, batched by index) with Adam under a one-cycle schedule peaking
+    at `lr`."""
     torch.manual_seed(seed)
     model = SmallCNN(images.shape[1], num_classes).to(images.device)
     model = model.to(memory_format=torch.channels_last)   # faster convolutions, CPU and GPU

@@ -26,6 +26,25 @@ def views(run, pred, ev) -> tuple | None:
     return test_orig, test_pred, samples
 
 
+class TrainViews:
+    """The training split as the classifier sees it (RGB-like floats in [0, 1] on `device`),
+    made per batch through the split's storage (aexp.data.storage): indexable like the tensor
+    of all of them, which a dataset read from disk could not hold."""
+
+    def __init__(self, data, device):
+        self.data, self.device = data, torch.device(device)
+        self.shape = (len(data.train), *self[torch.arange(1)].shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.data.train)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        x, y = self.data.batch(self.data.train, idx.to(self.data.train.x.device))
+        return self.data.to_rgb(x, y).float().to(self.device)
+
+
 def classifier_accuracy(run, pred, ev, log, constants=None, seen=None) -> tuple[dict | None, dict | None]:
     """(the classifier's accuracy on originals, on predictions and (under "baseline") on each
     constant prediction of `constants`; the FID/KID section on its features when
@@ -35,8 +54,7 @@ def classifier_accuracy(run, pred, ev, log, constants=None, seen=None) -> tuple[
     if seen is None or data.train.y is None or data.test.y is None or not data.num_classes:
         return None, None
     test_orig, test_pred, samples = seen
-    x_tr, y_tr = data.batch(data.train)
-    train_view = data.to_rgb(x_tr, y_tr).float()
+    train_view = TrainViews(data, run.device)
     ds_cfg = OmegaConf.to_container(run.cfg.dataset, resolve=True)
     view = data.task.name
     model, path, cached = classifier.get(ds_cfg, view, train_view, data.train.y.long(),
@@ -53,7 +71,7 @@ def classifier_accuracy(run, pred, ev, log, constants=None, seen=None) -> tuple[
     if not ev.get("quality", True):
         return acc, None
     samples = None if samples is None else samples.to(dev)
-    return acc, quality.report(model, train_view.to(dev), test_orig.to(dev), test_pred.to(dev), samples)
+    return acc, quality.report(model, train_view, test_orig.to(dev), test_pred.to(dev), samples)
 
 
 def inception(run, pred, ev, seen=None) -> dict | None:
