@@ -6,7 +6,9 @@ ToTensor, a DataLoader, a per-batch `.item()`); the fraction of measured matmul 
 dense AE's step reaches; conv training steps with NCHW vs channels_last weights; the per-epoch
 cost of frames + metrics; `aexp render` time per frame; and speed in the field (benchmarks/field.py):
 the default run beside a busy process with `train.threads=auto` vs torch's default, and a 4-job
-joblib sweep on 2 cores vs the jobs one after another.
+joblib sweep on 2 cores vs the jobs one after another; and datasets of any size
+(benchmarks/data_storage.py): a JPEG folder's decode on 1 core vs all, `model=conv` trained from
+device, host and disk storage, and the disk path's peak memory at 1x and 4x the images.
 Writes `outputs/bench/bench.json` and `outputs/bench/bench.md`.
 """
 import os
@@ -31,6 +33,7 @@ from aexp.data import mnist
 from aexp.io import read_csv
 from aexp.report.render import render
 from aexp.run.train import train
+from data_storage import markdown as storage_markdown, storage_bench
 from field import busy_machine, markdown as field_markdown, sweep_on_two_cores
 import peer_loops
 from parity import aexp_rate, markdown as parity_markdown, parity
@@ -214,8 +217,10 @@ def main(argv=None) -> int:
     ap.add_argument("--busy-epochs", type=int, default=8, help="epochs of each busy-machine run")
     ap.add_argument("--sweep-epochs", type=int, default=20, help="epochs of each job of the 4-job sweep")
     ap.add_argument("--parity-rounds", type=int, default=2, help="A B pairs per same-model parity row")
+    ap.add_argument("--storage-images", type=int, default=20000,
+                    help="JPEGs in the generated folder of the storage rows (their 4x is the large one)")
     ap.add_argument("--only", help="comma-separated rows to run: models, dense_step, channels_last, "
-                                   "frames, render, busy, sweep, parity (default: all)")
+                                   "frames, render, busy, sweep, parity, storage (default: all)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -253,7 +258,8 @@ def main(argv=None) -> int:
                                                                      n_test=100),
                                       args.parity_rounds, args.epochs, device),
              "busy": lambda: busy_machine(args.busy_epochs),
-             "sweep": lambda: sweep_on_two_cores(args.sweep_epochs)}
+             "sweep": lambda: sweep_on_two_cores(args.sweep_epochs),
+             "storage": lambda: storage_bench(args.storage_images, args.epochs, args.parity_rounds)}
     for name, measure in steps.items():
         if want(name):
             report[name] = measure()
@@ -295,6 +301,8 @@ def markdown(r) -> str:
         lines += parity_markdown(r["parity"])
     if "busy" in r and "sweep" in r:
         lines += field_markdown(r["busy"], r["sweep"])
+    if "storage" in r:
+        lines += storage_markdown(r["storage"])
     return "\n".join(lines) + "\n"
 
 

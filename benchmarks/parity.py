@@ -18,6 +18,7 @@ import torch
 
 import peer_loops
 from aexp.data import mnist
+from aexp.data.storage import resident
 from aexp.io import read_csv
 from aexp.run.train import train
 
@@ -50,7 +51,7 @@ def _train_images(root) -> int:
 def _images(root, size: int | None, val_size: int) -> torch.Tensor:
     """The training images aexp trains on (uint8, the validation carve-out removed), for the peers."""
     data = mnist(root=str(root), val_size=val_size, download=False)
-    x = data.train.x
+    x = resident(data.train.x)     # (a Stored view until placed: aexp.data.storage)
     if size:
         x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear",
                                             align_corners=False).round().clamp(0, 255).to(torch.uint8)

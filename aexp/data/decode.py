@@ -12,6 +12,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -102,18 +103,21 @@ def _run(chunks, workers: int, total: int) -> list:
     progress = Progress(TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=Console(stderr=True), transient=True,
                         disable=total < SHOWN)
+    task = progress.add_task("decode", total=total)
     bad = []
-    with progress:
-        task = progress.add_task("decode", total=total)
-        if workers <= 1:
+    if workers <= 1:
+        with progress:
             for chunk in chunks:
                 bad += _decode_chunk(*chunk)
                 progress.advance(task, len(chunk[1]))
-            return sorted(bad)
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])   # workers start with this module loaded
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            pending = {pool.submit(_decode_chunk, *c): len(c[1]) for c in chunks}
+        return sorted(bad)
+    # Forked workers, as torch's DataLoader starts its own on Linux: they start in milliseconds
+    # (a spawned one would import torch first) and only run PIL and numpy. The pool forks them
+    # all at the first submit, before its own thread and the progress bar's start.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending = {pool.submit(_decode_chunk, *c): len(c[1]) for c in chunks}
+        with progress:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
