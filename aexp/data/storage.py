@@ -14,6 +14,7 @@ memory or memory-mapped); `place` turns them into resident tensors or keeps them
 a training device. A `Stored` answers what the code asks of `split.x` (len, shape, dtype, dim,
 index_select, [...]): its `device` is where index tensors for it live (the CPU), and every read
 returns a tensor on the training device. Batches and their pixels are the same in every mode."""
+import math
 import os
 import warnings
 from collections import deque
@@ -195,3 +196,12 @@ def place(x, mode: str, device: torch.device):
         host = resident(x)
         return Stored(host.pin_memory() if device.type == "cuda" else host, None, device)
     return x.to(device)
+
+
+def chunks(split, values: int = 1 << 24):
+    """Index tensors covering `split` in order (on its index device), each of at most `values`
+    values per sample times samples (at least one sample): passes over a whole split (the
+    normalisation, the baselines) hold a bounded float copy whatever the image size."""
+    per = max(1, values // max(1, math.prod(split.x.shape[1:])))
+    for i in range(0, len(split), per):
+        yield torch.arange(i, min(i + per, len(split)), device=split.x.device)

@@ -12,6 +12,7 @@ Every task shares the same steps, in this order (see `Data.batch`):
 import torch
 
 from aexp.data.color import lab_unit_to_rgb, rgb_to_lab_unit
+from aexp.data.storage import chunks
 from aexp.errors import ConfigError
 
 NORMALIZATIONS = ("unit", "none", "standard")
@@ -61,8 +62,7 @@ class Task:
             return
         total = total_sq = 0.0
         count = 0
-        for i in range(0, len(data.train), 4096):      # chunked: a float copy of all would be large
-            idx = torch.arange(i, min(i + 4096, len(data.train)))
+        for idx in chunks(data.train):      # chunked: a float copy of all would be large
             x = self.pair(data.encode(_unit(data.train.x[idx])))[0].double()
             dims = [0] + list(range(2, x.dim()))
             total, total_sq = total + x.sum(dims), total_sq + (x * x).sum(dims)

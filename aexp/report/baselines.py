@@ -11,16 +11,16 @@ table's baseline column, the summary's curves).
   median constant has learned nothing the published metric can show."""
 import torch
 
+from aexp.data.storage import chunks
+
 MEDIAN_VALUES = 1_000_000   # per channel; beyond that the median is taken over a seeded sample
-CHUNK = 4096                # training samples per batch while averaging
 
 
 @torch.no_grad()
 def mean_target(data) -> torch.Tensor:
     """The mean training target, one sample's shape (summed in float64, in chunks)."""
     split, total = data.train, None
-    for i in range(0, len(split), CHUNK):
-        idx = torch.arange(i, min(i + CHUNK, len(split)), device=split.x.device)
+    for idx in chunks(split):
         part = data.batch(split, idx)[1].double().sum(0)
         total = part if total is None else total + part
     return (total / len(split)).float()
@@ -31,8 +31,7 @@ def median_target(data, seed: int = 0) -> torch.Tensor:
     """Per-channel median of the training targets' values, [C] (over all samples and pixels, or
     MEDIAN_VALUES of them drawn with `seed`)."""
     split, values = data.train, []
-    for i in range(0, len(split), CHUNK):
-        idx = torch.arange(i, min(i + CHUNK, len(split)), device=split.x.device)
+    for idx in chunks(split):
         y = data.batch(split, idx)[1]
         values.append(y.transpose(0, 1).reshape(y.shape[1], -1).float().cpu())
     v = torch.cat(values, 1)
