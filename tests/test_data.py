@@ -83,6 +83,26 @@ def test_cifar10_loads_from_batches_or_archive(compose_cfg, tmp_path, archive):
     assert torch.equal(data.test.x[0, 1].flatten(), torch.from_numpy(raw["data"][0, 1024:2048]))
 
 
+def test_cifar10_maps_its_cache_on_later_loads_and_rebuilds_a_damaged_one(tmp_path, monkeypatch):
+    from aexp.data import cifar10, files
+    make_cifar(tmp_path)
+    first = cifar10(str(tmp_path), val_size=10, cache_dir=str(tmp_path / "cache"))
+    caches = sorted((tmp_path / "cache").glob("cifar10-*.npy"))
+    assert len(caches) == 4                       # images and labels, training and test
+    monkeypatch.setattr(files, "_cifar_batch", lambda p: (_ for _ in ()).throw(AssertionError("unpickled")))
+    again = cifar10(str(tmp_path), val_size=10, cache_dir=str(tmp_path / "cache"))
+    assert torch.equal(first.train.x[:], again.train.x[:]) and torch.equal(first.test.y, again.test.y)
+    test_images = first.test.x[:].clone()
+    del first, again                               # (their maps of the files go)
+    images = next(p for p in caches if "labels" not in p.name and len(np.load(p, mmap_mode="r")) == 12)
+    torn = images.read_bytes()[:100]
+    images.unlink()
+    images.write_bytes(torn)                       # a torn test-images cache
+    monkeypatch.undo()
+    rebuilt = cifar10(str(tmp_path), val_size=10, cache_dir=str(tmp_path / "cache"))
+    assert torch.equal(rebuilt.test.x[:], test_images)
+
+
 def test_cifar10_missing_names_the_files(tmp_path):
     from aexp.data import cifar10
     with pytest.raises(DataError, match="cifar-10-python.tar.gz.*" + str(tmp_path)):

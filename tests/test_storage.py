@@ -269,3 +269,15 @@ def test_evaluation_reads_through_the_storage_and_agrees_across_modes(tmp_path):
         == b["classifier"]["accuracy_reconstruction"]
     assert a["quality"]["reconstruction"]["fid_classifier"] == pytest.approx(
         b["quality"]["reconstruction"]["fid_classifier"], rel=1e-4)
+
+
+def test_a_run_saved_before_storage_existed_resumes_and_skip_bad_still_counts():
+    from aexp.errors import ConfigError
+    from aexp.run.resume import check_same_config, differences
+    old = {"dataset": {"_target_": "aexp.data.image_folder", "root": "/p", "cache": True, "cache_dir": None}}
+    now = {"dataset": {**old["dataset"], "storage": "disk", "memory_budget": 2.0, "workers": 4,
+                       "skip_bad": False, "cache_dir": "/elsewhere"}}
+    check_same_config(old, now, "old")                   # where the images live: how, not what
+    assert differences(old, now) == []
+    with pytest.raises(ConfigError, match="differs at dataset.skip_bad"):   # which images: what
+        check_same_config(old, {"dataset": {**now["dataset"], "skip_bad": True}}, "old")

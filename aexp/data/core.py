@@ -141,4 +141,3 @@ def take(t: torch.Tensor | None, idx) -> torch.Tensor | None:
     if t is None or idx is None:
         return t[:] if isinstance(t, Stored) else t     # (a Stored split read whole)
     return t.index_select(0, idx) if isinstance(idx, torch.Tensor) and idx.dim() == 1 else t[idx]
-

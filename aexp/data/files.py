@@ -1,5 +1,7 @@
 """The classic datasets in torchvision's on-disk formats: MNIST and Fashion-MNIST (IDX files)
-and CIFAR-10 (pickled batches). Each is read straight into one uint8 tensor; missing files are
+and CIFAR-10 (pickled batches). Each is one uint8 tensor over a memory-mapped file (the extracted
+IDX files; CIFAR-10's images unpickled once into a .npy cache), placed where `dataset.storage`
+says when the run starts (aexp.data.storage); missing files are
 downloaded through torchvision when online, and offline and missing gives one line naming the
 files and where they go."""
 import gzip
@@ -137,15 +139,21 @@ def _cifar_split(folder: Path, names, cache_dir) -> Split:
     key = hashlib.sha256(json.dumps([str(folder.resolve()), stats]).encode()).hexdigest()[:20]
     path = cache_root(cache_dir) / f"cifar10-{key}.npy"
     labels = path.with_suffix(".labels.npy")
-    if not (path.is_file() and labels.is_file()):
-        batches = [_cifar_batch(folder / n) for n in names]
-        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    if path.is_file() and labels.is_file():
         try:
-            atomic_write(labels, lambda f: np.save(f, y.numpy()))
-            atomic_write(path, lambda f: np.save(f, x.numpy()))
-        except OSError:     # an unwritable cache: the images stay in memory
-            return Split(Stored(x), y)
-    return Split(Stored(memory_mapped(path)), torch.from_numpy(np.load(labels)).long())
+            x, y = memory_mapped(path), torch.from_numpy(np.load(labels)).long()
+            if x.dtype == torch.uint8 and tuple(x.shape[1:]) == (3, 32, 32) and len(x) == len(y):
+                return Split(Stored(x), y)
+        except (OSError, ValueError):
+            pass            # a damaged cache is rebuilt
+    batches = [_cifar_batch(folder / n) for n in names]
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    try:
+        atomic_write(labels, lambda f: np.save(f, y.numpy()))
+        atomic_write(path, lambda f: np.save(f, x.numpy()))
+    except OSError:         # an unwritable cache: the images stay in memory
+        return Split(Stored(x), y)
+    return Split(Stored(memory_mapped(path)), y)
 
 
 class _NumpyOnly(pickle.Unpickler):

@@ -25,9 +25,10 @@ MAY_CHANGE = ("resume", "train.epochs", "device", "logger")
 # present, absent or changed (e.g. a run saved with `threads: null` or `channels_last: true`
 # under today's `auto`). The maths is the same; another thread count or memory layout can only
 # change the order of floating-point sums, so a resume is bit-exact when they decide the same.
-# Where the images live (dataset.storage) changes nothing at all: the same batches, same pixels.
+# Where the images live and how they were decoded (dataset.storage, the decode cache and its
+# workers) change nothing at all: the same batches, the same pixels.
 SPEED_ONLY = ("train.threads", "train.channels_last", "dataset.storage", "dataset.memory_budget",
-              "dataset.workers")
+              "dataset.workers", "dataset.cache", "dataset.cache_dir")
 
 # What happens after training: the evaluation and the value a sweep reads off the run. A run
 # resumes, and a finished run stays finished, whatever these are now (a changed default such as
