@@ -281,3 +281,15 @@ def test_a_run_saved_before_storage_existed_resumes_and_skip_bad_still_counts():
     assert differences(old, now) == []
     with pytest.raises(ConfigError, match="differs at dataset.skip_bad"):   # which images: what
         check_same_config(old, {"dataset": {**now["dataset"], "skip_bad": True}}, "old")
+
+
+def die(*args):
+    os._exit(1)                 # a decoding worker killed (the OOM killer, say)
+
+
+def test_a_decoding_worker_that_dies_is_one_line_and_leaves_no_cache(tmp_path, monkeypatch):
+    root, cache = photos(tmp_path / "pics", n=2 * decode.CHUNK + 3), tmp_path / "cache"
+    monkeypatch.setattr(decode, "_decode_chunk", die)      # (forked workers see it too)
+    with pytest.raises(DataError, match=r"a decoding worker died .*dataset.workers \(was 2\)"):
+        image_folder(str(root), size=8, cache_dir=str(cache), workers=2)
+    assert not [p for p in cache.iterdir() if p.suffix in (".npy", ".tmp")]

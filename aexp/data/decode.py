@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,11 @@ def _run(chunks, workers: int, total: int) -> list:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    bad += future.result()
+                    try:
+                        bad += future.result()
+                    except BrokenProcessPool:
+                        raise DataError(f"a decoding worker died (out of memory?); try fewer "
+                                        f"processes with dataset.workers (was {workers})") from None
                     progress.advance(task, pending.pop(future))
     return sorted(bad)
 
