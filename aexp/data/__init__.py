@@ -1,4 +1,5 @@
-"""Data: datasets as resident tensors (`Data`/`Split` are the contract, see core.py), the task
+"""Data: datasets as resident tensors, or read per batch from host memory or disk when they are
+bigger than memory (`Data`/`Split` are the contract, see core.py; `storage`, `decode`), the task
 that turns a sample into (input, target) (`tasks`), input corruption (`corruption`) and colour
 spaces (`color`). Each option in conf/dataset/ names one of the builders re-exported here;
 conf/task/ and conf/corruption/ name classes of `tasks` and `corruption`."""

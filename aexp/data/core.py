@@ -1,7 +1,9 @@
-"""The dataset contract: `Data` holds three resident splits (uint8 images or float vectors) and
-turns samples into (input, target) batches through its task and corruption. Small datasets are
+"""The dataset contract: `Data` holds three splits (uint8 images or float vectors) and turns
+samples into (input, target) batches through its task and corruption. Small datasets are
 decoded once into one tensor, moved to the training device, and batched by index: no
-DataLoader and no per-sample Python in the training loop."""
+DataLoader and no per-sample Python in the training loop. A file dataset bigger than memory
+keeps its images in host memory or on disk instead (`storage`, aexp.data.storage), read per
+batch behind the same `batch` call."""
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
