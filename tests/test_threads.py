@@ -32,7 +32,7 @@ def _keep_torch_threads(monkeypatch):
 
 @pytest.fixture
 def cores(monkeypatch):
-    """cores(n): this process may run on n cores (its affinity, as threads.cores reads it)."""
+    """cores(n): this process may run on n cores (its affinity, as threads.cores, i.e. data.decode.usable_cores, reads it)."""
     def _set(n):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(n)))
     return _set

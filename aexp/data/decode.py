@@ -37,9 +37,11 @@ SHOWN = 2000            # folders at least this large show a progress bar
 
 
 def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity: taskset, cgroups, SLURM's allocation);
+    also what `train.threads: auto` shares out (aexp.run.threads)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:
+    except AttributeError:   # macOS has no affinity
         return os.cpu_count() or 1
 
 

@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from aexp.data.decode import usable_cores as cores
 from aexp.errors import ConfigError
 from aexp.models.cost import profile
 
@@ -28,14 +29,6 @@ STEP_PER_FORWARD = 3
 JOBS_ENV = "AEXP_JOBS"   # aexp jobs running at once on this machine; the CLI sets it for joblib sweeps
 
 _torch_default: int | None = None   # torch's own count in this process, before aexp changed it
-
-
-def cores() -> int:
-    """CPU cores this process may run on (its affinity: taskset, cgroups, SLURM's allocation)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # macOS has no affinity
-        return os.cpu_count() or 1
 
 
 def jobs_at_once() -> int:
