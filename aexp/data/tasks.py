@@ -2,8 +2,9 @@
 prediction) pair is turned back into RGB pictures. Built from `conf/task/*.yaml`.
 
 Every task shares the same steps, in this order (see `Data.batch`):
-  training batches only: random flips, applied to the sample before the pair is formed, so
-  input and target always agree;
+  training batches only: random flips, then (`binarize`) dynamic binarisation, each pixel
+  redrawn ~ Bernoulli(intensity) every time the sample is drawn; both applied to the sample
+  before the pair is formed, so input and target always agree;
   `pair`: the task's own split of the sample into input and target (values in [0, 1]);
   input normalisation (`unit` = keep [0, 1], `none` = the stored values, e.g. 0..255 for
   8-bit images, `standard` = per-channel mean/std of the training inputs). The target is never
@@ -21,11 +22,13 @@ NORMALIZATIONS = ("unit", "none", "standard")
 class Task:
     name = "task"
 
-    def __init__(self, normalize: str = "unit", hflip: bool = False, vflip: bool = False):
+    def __init__(self, normalize: str = "unit", hflip: bool = False, vflip: bool = False,
+                 binarize: bool = False):
         if normalize not in NORMALIZATIONS:
             raise ConfigError(f"task.normalize must be one of {', '.join(NORMALIZATIONS)}, "
                               f"got '{normalize}'")
         self.normalize_mode, self.hflip, self.vflip = normalize, bool(hflip), bool(vflip)
+        self.binarize = bool(binarize)
         self.mean = self.std = None    # per input channel, [1, C, 1, ...]; None = identity
 
     # -- the task's own part -------------------------------------------------------------
@@ -49,6 +52,11 @@ class Task:
         """Check the task fits the data, and fit the normalisation on the training inputs."""
         if (self.hflip or self.vflip) and data.train.x.dim() != 4:
             raise ConfigError(f"task flips need image data; {data.name} holds vectors")
+        if self.binarize and data.train.x.dim() != 4:
+            raise ConfigError(f"task.binarize needs image data; {data.name} holds vectors")
+        if self.binarize and data.encoding != "rgb":
+            raise ConfigError(f"task.binarize draws pixels from their [0, 1] intensities; set "
+                              f"dataset.encoding=rgb (got {data.encoding})")
         self.check(data)
         if self.normalize_mode == "unit":
             self.mean = self.std = None
@@ -77,11 +85,14 @@ class Task:
         return self
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random horizontal / vertical flips, each with probability 1/2 per sample."""
+        """Random horizontal / vertical flips, each with probability 1/2 per sample; then, with
+        `binarize`, every pixel drawn anew ~ Bernoulli(intensity) (dynamic binarisation)."""
         for on, axis in ((self.hflip, -1), (self.vflip, -2)):
             if on:
                 pick = torch.rand(len(x), device=x.device) < 0.5
                 x = torch.where(pick.view(-1, 1, 1, 1), x.flip(axis), x)
+        if self.binarize:
+            x = torch.bernoulli(x.clamp(0, 1))
         return x
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,8 @@ ADDED_LATER = {
     "model.head": (lambda saved, value: value in (None, True), "model.head=true"),
     # image folders with an unreadable file always refused to load
     "dataset.skip_bad": (lambda saved, value: value in (None, False), "dataset.skip_bad=false"),
+    # training images were always used as stored
+    "task.binarize": (lambda saved, value: value in (None, False), "task.binarize=false"),
 }
 
 
