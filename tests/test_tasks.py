@@ -150,3 +150,33 @@ def test_color_encodings(encoding):
     assert torch.equal(x, data.val.x) == (encoding == "rgb")
     with pytest.raises(ConfigError, match="dataset.encoding"):
         colors(5, 5, 5, encoding="cmyk").prepare()
+
+
+def test_binarize_redraws_training_pixels_and_leaves_evaluation_alone():
+    torch.manual_seed(0)
+    data = images(n=256, c=1).prepare(Reconstruct(binarize=True))
+    idx = torch.arange(256)
+    grey = data.train.x.float() / 255
+    x1, y1 = data.batch(data.train, idx, train=True)
+    x2, _ = data.batch(data.train, idx, train=True)
+    assert torch.equal(x1, y1)                                  # input and target agree
+    assert set(x1.unique().tolist()) == {0.0, 1.0}              # every pixel is 0 or 1
+    assert not torch.equal(x1, x2)                              # drawn anew each time
+    # each pixel is 1 with probability its intensity: the mean of many draws approaches it
+    mean = torch.stack([data.batch(data.train, idx, train=True)[0] for _ in range(200)]).mean(0)
+    assert (mean - grey).abs().max() < 0.2 and (mean - grey).abs().mean() < 0.03
+    x_eval, y_eval = data.batch(data.train, idx)                # evaluation: the stored intensities
+    assert torch.allclose(x_eval, grey) and torch.allclose(y_eval, grey)
+
+
+def test_binarize_refuses_vectors():
+    with pytest.raises(ConfigError, match="task.binarize needs image data"):
+        colors(50, 10, 10).prepare(Reconstruct(binarize=True))
+
+
+def test_a_run_saved_before_binarize_existed_resumes_unless_binarize_is_on():
+    from aexp.run.resume import check_same_config
+    old = {"task": {"_target_": "aexp.data.tasks.Reconstruct", "normalize": "unit"}}
+    check_same_config(old, {"task": {**old["task"], "binarize": False}}, "old")
+    with pytest.raises(ConfigError, match="differs at task.binarize"):
+        check_same_config(old, {"task": {**old["task"], "binarize": True}}, "old")
