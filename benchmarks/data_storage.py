@@ -11,10 +11,7 @@ Every training run goes through the real entry point in its own process."""
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from PIL import Image
 from aexp.data import image_folder
 from aexp.data.decode import usable_cores
 from aexp.io import read_csv
+from field import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("device", "host", "disk")
@@ -66,47 +64,13 @@ def train_args(folder: Path, cache: Path, mode: str, epochs: int, run: Path, *ex
             "eval.enabled=false", "device=cpu", f"hydra.run.dir={run}", *extra]
 
 
-def run_aexp(args, poll: bool = False) -> tuple[float, int]:
-    """Run `aexp ARGS`; (wall seconds, peak RssAnon in bytes seen by polling every 20 ms)."""
-    proc = subprocess.Popen([sys.executable, "-m", "aexp.cli", *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def watch():
-        while proc.poll() is None:
-            peak[0] = max(peak[0], rss_anon(proc.pid))
-            time.sleep(0.02)
-
-    t0 = time.perf_counter()
-    watcher = threading.Thread(target=watch, daemon=True) if poll else None
-    if watcher:
-        watcher.start()
-    _, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"aexp {' '.join(map(str, args))} failed:\n{err[-2000:]}")
-    if watcher:
-        watcher.join()
-    return time.perf_counter() - t0, peak[0]
-
-
-def rss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def throughput_rows(folder: Path, images: int, cache: Path, epochs: int, rounds: int, work: Path) -> dict:
     """Median samples/s of epochs 2.. per storage mode, the modes interleaved round by round."""
     rates = {m: [] for m in MODES}
     for r in range(rounds):
         for mode in MODES:
             run = work / f"{mode}-{r}"
-            run_aexp(train_args(folder, cache, mode, epochs, run))
+            launch(train_args(folder, cache, mode, epochs, run))
             rows = read_csv(run / "metrics.csv")
             n = images - 2 * round(images * 0.1)       # the default 10 % validation, 10 % test
             rates[mode].append(statistics.median(n / row["train_seconds"] for row in rows[1:]))
@@ -121,7 +85,7 @@ def memory_rows(small: Path, large: Path, cache: Path, steps: int, work: Path) -
     out = {}
     for name, folder, mode in (("disk, 1x", small, "disk"), ("disk, 4x", large, "disk"),
                                ("device, 4x", large, "device")):
-        _, peak = run_aexp(train_args(folder, cache, mode, 1, work / name.replace(", ", "-"),
+        _, peak = launch(train_args(folder, cache, mode, 1, work / name.replace(", ", "-"),
                                       f"train.max_steps={steps}"), poll=True)
         out[name] = {"images": sum(1 for _ in folder.rglob("*.jpg")), "peak_rss_anon_mb": peak / 2**20}
     out["disk_growth_mb"] = out["disk, 4x"]["peak_rss_anon_mb"] - out["disk, 1x"]["peak_rss_anon_mb"]

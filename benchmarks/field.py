@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,14 +29,46 @@ VARIANTS = {   # name -> (overrides, extra environment)
 
 def aexp(args, env=None, cores=None) -> float:
     """Run `aexp ARGS` in a subprocess (on `cores` only, when given); return its wall seconds."""
+    return launch(args, env, cores)[0]
+
+
+def launch(args, env=None, cores=None, poll: bool = False) -> tuple[float, int]:
+    """Run `aexp ARGS` in a subprocess (on `cores` only, when given); return (wall seconds, peak
+    RssAnon in bytes seen by polling it every 20 ms when `poll`, else 0)."""
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "aexp.cli", *map(str, args)], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, preexec_fn=pin)
+    proc = subprocess.Popen([sys.executable, "-m", "aexp.cli", *map(str, args)], cwd=ROOT,
+                            env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=pin)
+    peak = [0]
+
+    def watch():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], rss_anon(proc.pid))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True) if poll else None
+    if watcher:
+        watcher.start()
+    _, err = proc.communicate()
+    if watcher:
+        watcher.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"aexp {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - t0
+        raise RuntimeError(f"aexp {' '.join(map(str, args))} failed:\n{err[-2000:]}")
+    return time.perf_counter() - t0, peak[0]
+
+
+def rss_anon(pid: int) -> int:
+    """A process's resident anonymous memory in bytes (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 @contextmanager
