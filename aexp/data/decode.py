@@ -46,9 +46,10 @@ def usable_cores() -> int:
 
 
 def cached(path: Path, files: list[Path], folder: Path, hw, pil_mode: str, fit: str,
-           workers: int | None) -> tuple[Path, list]:
-    """(the .npy cache of these files, [(index, "relative/path (error)"), ...] for the files
-    that could not be decoded), decoding them now unless a whole cache is there."""
+           workers: int | None) -> list:
+    """Make sure `path` holds the .npy cache of these files, decoding them now unless a whole
+    cache is there; returns [(index, "relative/path (error)"), ...] for the files that could
+    not be decoded."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)      # one decode per cache at a time
@@ -56,7 +57,7 @@ def cached(path: Path, files: list[Path], folder: Path, hw, pil_mode: str, fit: 
         if bad is None:
             _remove_stale(path)
             bad = decode(path, files, folder, hw, pil_mode, fit, workers)
-    return path, bad
+    return bad
 
 
 def accepted(path: Path, n: int, hw) -> list | None:

@@ -121,7 +121,7 @@ def _decoded(folder, files, hw, pil_mode, fit, cache, cache_dir, workers) -> tup
     key = hashlib.sha256(json.dumps([str(folder), hw, pil_mode, fit, listing]).encode()).hexdigest()
     path = cache_root(cache_dir) / f"image_folder-{folder.name}-{key[:20]}.npy"
     try:
-        path, bad = decode.cached(path, files, folder, hw, pil_mode, fit, workers)
+        bad = decode.cached(path, files, folder, hw, pil_mode, fit, workers)
     except OSError as e:
         raise DataError(f"cannot write the decoded images to {path.parent} ({e.strerror or e}); "
                         f"set dataset.cache_dir to a writable folder") from None
