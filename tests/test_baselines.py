@@ -106,3 +106,21 @@ def test_a_colorization_sweep_summary_has_baselines_and_one_picture_grid(tmp_pat
     assert grid.height >= 4 * 64 and grid.width >= 8 * 64  # original, L, a row per job; 16 px shown at 64
     assert "model.pooling=1" in (sweep / "summary_colorization.txt").read_text()
     assert (sweep / "summary_accuracy_vs_bound.png").is_file()
+
+
+def test_the_median_of_a_large_set_keeps_only_its_draw_and_chunks_do_not_change_it(monkeypatch):
+    from aexp.data.storage import chunks
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (120, 3, 16, 16), generator=g, dtype=torch.uint8)
+    data = Data("big", "image", Split(x), Split(x[:2]), Split(x[:2])).prepare(Colorize())
+    y = data.batch(data.train)[1]
+    every = y.transpose(0, 1).reshape(2, -1)                       # [C, 120 * 256]
+    monkeypatch.setattr(baselines, "MEDIAN_VALUES", 5_000)
+    drawn = torch.randperm(every.shape[1], generator=torch.Generator().manual_seed(3))[:5_000]
+    expected = every[:, drawn].median(1).values                    # the seeded draw over all values
+    for per_chunk in (1, 7, 120):                                  # samples per chunk
+        monkeypatch.setattr(baselines, "chunks", lambda s, n=per_chunk: chunks(s, values=n * 768))
+        torch.testing.assert_close(baselines.median_target(data, seed=3), expected, rtol=0, atol=0)
+    monkeypatch.setattr(baselines, "PERMUTED", 10_000)             # beyond it: drawn with replacement
+    approx = baselines.median_target(data, seed=3)
+    assert (approx - every.median(1).values).abs().max() < 0.01
