@@ -3,6 +3,7 @@ the model's numbers in eval.json, the eval table and the summary."""
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -124,3 +125,22 @@ def test_the_median_of_a_large_set_keeps_only_its_draw_and_chunks_do_not_change_
     monkeypatch.setattr(baselines, "PERMUTED", 10_000)             # beyond it: drawn with replacement
     approx = baselines.median_target(data, seed=3)
     assert (approx - every.median(1).values).abs().max() < 0.01
+
+
+def test_the_mean_images_nll_beside_the_vaes_by_hand():
+    import math
+    from aexp.models.dense import VAE
+    from aexp.report.evaluate import vae_likelihood
+    half = _images([[0, 0, 0, 0], [255, 255, 255, 255], [255, 0, 255, 0], [0, 255, 0, 255]])  # mean 0.5
+    test = _images([[255, 255, 255, 255], [0, 0, 0, 0], [255, 0, 0, 255]])   # binarising leaves them be
+    model = VAE((1, 2, 2), (1, 2, 2), hidden=[4], latent_dim=2).eval()
+    ev = settings(None, nll_samples=8, nll_max_images=0)
+    for train, nll in ((half, 4 * math.log(2)),              # every pixel 1/2: log 2 nats each
+                       (torch.zeros_like(half), None)):      # never lit: 1/(N + 2) after smoothing
+        data = Data("hand", "image", Split(train), Split(train[:1]), Split(test)).prepare()
+        rep, base = vae_likelihood(model, data, ev, torch.device("cpu"), baselines.mean_target(data))
+        if nll is None:   # 4 + 0 + 2 lit pixels of p = 1/6, the rest 1 - 1/6
+            nll = ((4 + 0 + 2) * math.log(6) + (0 + 4 + 2) * -math.log(5 / 6)) / 3
+        assert base == pytest.approx(nll, rel=1e-6)
+        assert rep["images"] == 3 and math.isfinite(rep["nll"])
+    assert vae_likelihood(model, data, ev, torch.device("cpu"))[1] is None   # no baseline asked

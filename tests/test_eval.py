@@ -2,6 +2,7 @@
 colourisation pictures on a stand-in colourisation dataset."""
 import csv
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -51,6 +52,9 @@ def test_eval_of_a_tiny_vae(tmp_path, tiny_mnist, capsys):
     v = rep["vae"]
     assert v["samples"] == 32 and v["images"] == 40 and "binarised" in v["data"]
     assert 0 < v["nll"] < 784 * 0.7 and v["elbo"] <= -v["nll"]
+    assert 0 < rep["baseline"]["mean_image"]["vae"]["nll"] < 784 * 0.7     # the trivial model's
+    row = next(line for line in out.splitlines() if " vae.nll " in line)      # beside the model's
+    assert len(re.findall(r"\d+\.\d+", row)) == 2, row
     c = rep["classifier"]
     assert 0 <= c["accuracy_original"] <= 1 and 0 <= c["accuracy_reconstruction"] <= 1
     q = rep["quality"]          # FID / KID on the classifier's features (report/quality.py)

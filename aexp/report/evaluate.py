@@ -81,10 +81,14 @@ def colorization(pred: dict, bounds) -> dict:
 
 
 @torch.no_grad()
-def vae_likelihood(model, data, ev, device) -> dict:
+def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, float | None]:
     """ELBO and importance-sampled NLL (nats per test sample) under the decoder's likelihood.
     Bernoulli on image data uses the standard binarised form: each test image stochastically
-    binarised once (pixel ~ Bernoulli(intensity), fixed seed), as in Burda et al. (2015)."""
+    binarised once (pixel ~ Bernoulli(intensity), fixed seed), as in Burda et al. (2015).
+    With `mean_image` (the mean training image), also the trivial baseline's NLL of the same
+    test images: every pixel independent, with the mean image as its Bernoulli probability
+    (Laplace-smoothed over the training images, so no pixel has probability 0) or as the
+    Gaussian's mean."""
     k, n = int(ev.nll_samples), len(data.test)
     if ev.nll_max_images:
         n = min(n, int(ev.nll_max_images))
@@ -93,11 +97,16 @@ def vae_likelihood(model, data, ev, device) -> dict:
     # the decoder's likelihood (bernoulli or gaussian, checked by build) as the IWAE loss has it
     likelihood = decoder_log_prob(str(ev.likelihood), float(ev.gaussian_sigma))
     log_px = lambda x, z: likelihood(x, z, model.decode)
-    nll, elbo = [], []
+    if mean_image is not None and ev.likelihood == "bernoulli":
+        mean_image = (mean_image * len(data.train) + 1) / (len(data.train) + 2)
+    nll, elbo, base = [], [], []
     for i in range(0, n, int(ev.nll_batch)):
         _, y = data.batch(data.test, torch.arange(i, min(i + int(ev.nll_batch), n), device=device))
         if binarize:
             y = torch.bernoulli(y.clamp(0, 1), generator=gen)
+        if mean_image is not None:
+            constant = lambda z: mean_image.to(y.device).expand(len(y), *mean_image.shape)
+            base.append(-likelihood(y, None, constant).cpu())
         extras = model(y).extras
         lw = measures.importance_log_weights(y, extras["mu"], extras["logvar"], log_px, k,
                                              generator=gen)
@@ -106,8 +115,9 @@ def vae_likelihood(model, data, ev, device) -> dict:
         elbo.append(b.cpu())
     form = ("stochastically binarised test images (pixel ~ Bernoulli(intensity), seed "
             f"{ev.seed})" if binarize else "test data as stored")
-    return {"nll": torch.cat(nll).mean().item(), "elbo": torch.cat(elbo).mean().item(),
-            "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form}
+    out = {"nll": torch.cat(nll).mean().item(), "elbo": torch.cat(elbo).mean().item(),
+           "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form}
+    return out, (torch.cat(base).mean().item() if base else None)
 
 
 def baseline(pred: dict, constant: torch.Tensor, task: str, is_image: bool, ev) -> dict:
@@ -184,7 +194,10 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
         report["baseline"] = {name: baseline(pred, c, task, data.kind == "image", ev)
                               for name, c in constants.items()}
     if "mu" in pred and int(ev.nll_samples) > 0:
-        report["vae"] = vae_likelihood(model, data, ev, run.device)
+        report["vae"], base_nll = vae_likelihood(model, data, ev, run.device,
+                                                 constants.get("mean_image"))
+        if base_nll is not None:
+            report["baseline"]["mean_image"]["vae"] = {"nll": base_nll}
     # the images the classifier and the FIDs see (samples decoded once for both)
     seen = scores_of.views(run, pred, ev) if ev.classifier.enabled or ev.get("inception_weights") else None
     if ev.classifier.enabled:
