@@ -144,3 +144,20 @@ def test_the_mean_images_nll_beside_the_vaes_by_hand():
         assert base == pytest.approx(nll, rel=1e-6)
         assert rep["images"] == 3 and math.isfinite(rep["nll"])
     assert vae_likelihood(model, data, ev, torch.device("cpu"))[1] is None   # no baseline asked
+
+
+def test_the_binarised_test_set_is_the_same_whatever_k_and_the_batch():
+    from aexp.models.dense import VAE
+    from aexp.report.evaluate import vae_likelihood
+    g = torch.Generator().manual_seed(0)
+    grey = lambda n: torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8)
+    data = Data("grey", "image", Split(grey(30)), Split(grey(2)), Split(grey(23))).prepare()
+    model = VAE((1, 4, 4), (1, 4, 4), hidden=[8], latent_dim=2).eval()
+    mean = baselines.mean_target(data)
+    # the baseline's NLL depends on the binarised images only: a witness of which ones they were
+    runs = [vae_likelihood(model, data, settings(None, nll_samples=k, nll_batch=b, nll_max_images=0),
+                           torch.device("cpu"), mean) for k, b in ((2, 5), (7, 23), (3, 1))]
+    assert runs[0][1] == runs[1][1] == runs[2][1]
+    other = vae_likelihood(model, data, settings(None, nll_samples=2, nll_batch=5, nll_max_images=0, seed=1),
+                           torch.device("cpu"), mean)
+    assert other[1] != runs[0][1]                                  # eval.seed draws another set

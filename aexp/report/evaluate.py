@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -84,7 +85,9 @@ def colorization(pred: dict, bounds) -> dict:
 def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, float | None]:
     """ELBO and importance-sampled NLL (nats per test sample) under the decoder's likelihood.
     Bernoulli on image data uses the standard binarised form: each test image stochastically
-    binarised once (pixel ~ Bernoulli(intensity), fixed seed), as in Burda et al. (2015).
+    binarised once (pixel ~ Bernoulli(intensity)), as in Burda et al. (2015), drawn on the CPU
+    from (eval.seed, the image's index): the same binarised test set whatever K, the batch
+    or the device, so NLLs measured with different settings are on the same images.
     With `mean_image` (the mean training image), also the trivial baseline's NLL of the same
     test images: every pixel independent, with the mean image as its Bernoulli probability
     (Laplace-smoothed over the training images, so no pixel has probability 0) or as the
@@ -103,7 +106,7 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
     for i in range(0, n, int(ev.nll_batch)):
         _, y = data.batch(data.test, torch.arange(i, min(i + int(ev.nll_batch), n), device=device))
         if binarize:
-            y = torch.bernoulli(y.clamp(0, 1), generator=gen)
+            y = binarized(y, i, int(ev.seed))
         if mean_image is not None:
             constant = lambda z: mean_image.to(y.device).expand(len(y), *mean_image.shape)
             base.append(-likelihood(y, None, constant).cpu())
@@ -114,10 +117,20 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
         nll.append(a.cpu())
         elbo.append(b.cpu())
     form = ("stochastically binarised test images (pixel ~ Bernoulli(intensity), seed "
-            f"{ev.seed})" if binarize else "test data as stored")
+            f"{ev.seed} and the image's index)" if binarize else "test data as stored")
     out = {"nll": torch.cat(nll).mean().item(), "elbo": torch.cat(elbo).mean().item(),
            "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form}
     return out, (torch.cat(base).mean().item() if base else None)
+
+
+def binarized(y: torch.Tensor, first: int, seed: int) -> torch.Tensor:
+    """Test images `first`, `first` + 1, ... stochastically binarised: pixel = 1 where a uniform
+    draw falls below its intensity, the draws of each image from its own numpy generator keyed
+    by (seed, index) (SeedSequence: distinct keys never share a stream)."""
+    p = y.cpu().clamp(0, 1)
+    u = np.stack([np.random.default_rng([seed & (2**64 - 1), first + j]).random(p.shape[1:], np.float32)
+                  for j in range(len(p))])
+    return (torch.from_numpy(u) < p).float().to(y.device)
 
 
 def baseline(pred: dict, constant: torch.Tensor, task: str, is_image: bool, ev) -> dict:
