@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from aexp.build import load_run
 from aexp.errors import AexpError, ArgumentParser
-from aexp.io import flatten, read_csv, write_csv
+from aexp.io import FINISHED_MARKER, flatten, read_csv, write_csv
 from aexp.report import plots
 from aexp.report.pictures import sweep_colorization
 
@@ -66,7 +66,7 @@ def job_row(job: Path) -> tuple[dict, list[dict], dict]:
         note = (job / "FAILED").read_text().strip().splitlines()[:1]
     elif not (job / "checkpoints" / "last.pt").is_file():
         status, note = "incomplete", ["no checkpoint"]
-    elif (job / "COMPLETED.json").is_file():     # the job said so (it may stop at train.max_steps)
+    elif (job / FINISHED_MARKER).is_file():      # the job said so (it may stop at train.max_steps)
         status, note = "done", []
     elif epochs is not None and (not rows or rows[-1]["epoch"] < epochs):
         status, note = "incomplete", [f"{rows[-1]['epoch'] if rows else 0} of {epochs} epochs"]
