@@ -102,13 +102,15 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
     log_px = lambda x, z: likelihood(x, z, model.decode)
     if mean_image is not None and ev.likelihood == "bernoulli":
         mean_image = (mean_image * len(data.train) + 1) / (len(data.train) + 2)
+    if mean_image is not None:
+        mean_image = mean_image.to(device)
     nll, elbo, base = [], [], []
     for i in range(0, n, int(ev.nll_batch)):
         _, y = data.batch(data.test, torch.arange(i, min(i + int(ev.nll_batch), n), device=device))
         if binarize:
             y = binarized(y, i, int(ev.seed))
         if mean_image is not None:
-            constant = lambda z: mean_image.to(y.device).expand(len(y), *mean_image.shape)
+            constant = lambda z: mean_image.expand(len(y), *mean_image.shape)
             base.append(-likelihood(y, None, constant).cpu())
         extras = model(y).extras
         lw = measures.importance_log_weights(y, extras["mu"], extras["logvar"], log_px, k,
