@@ -2,7 +2,7 @@
 and `aexp.load_safetensors`. The package hands these out on first use (aexp/__init__.py), so
 `import aexp` stays cheap. Each goes through what the CLI uses, nothing of its own: the same
 config tree, the same job (aexp.jobs: check, lock, train, evaluate, mark finished), the same
-run-folder reader with its trust check (aexp.build.load_run), the same evaluation."""
+run-folder reader with its trust check (aexp.assemble.load_run), the same evaluation."""
 import contextlib
 import json
 import os
@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aexp import jobs
-from aexp.build import LoadedRun, check_values, conf_dir
-from aexp.build import load_run as build_load_run
+from aexp.assemble import LoadedRun, check_values, conf_dir
+from aexp.assemble import load_run as build_load_run
 from aexp.errors import ConfigError, one_line
 from aexp.io import flatten, read_csv
 from aexp.report import evaluate as report_evaluate
@@ -86,7 +86,7 @@ def _leaves(node) -> dict:
 
 @dataclass
 class Run(LoadedRun):
-    """A run folder rebuilt from a checkpoint (aexp.build.LoadedRun: `.model` in eval mode,
+    """A run folder rebuilt from a checkpoint (aexp.assemble.LoadedRun: `.model` in eval mode,
     `.data` with its splits, `.cfg`, `.state`, `.loss_fn`, `.device`), plus which checkpoint it
     is and its metrics."""
     checkpoint: str = "best"

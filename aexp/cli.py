@@ -77,7 +77,7 @@ def _hydra(command: Command, argv: list[str]) -> int:
     from hydra.types import RunMode
 
     # torch and Hydra come with these: imported here, so the other commands start without them
-    from aexp.build import conf_dir
+    from aexp.assemble import conf_dir
     from aexp.run import distributed, resume
 
     status = {"code": 0}

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from rich.markup import escape
 
-from aexp.build import check_config, load_run
+from aexp.assemble import check_config, load_run
 from aexp.errors import AexpError, ConfigError
 from aexp.io import FINISHED_MARKER, atomic_write, flatten, folder_lock, read_csv
 from aexp.report import evaluate

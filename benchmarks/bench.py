@@ -28,7 +28,7 @@ import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
-from aexp.build import build, conf_dir, resolve_device
+from aexp.assemble import build, conf_dir, resolve_device
 from aexp.data import mnist
 from aexp.io import read_csv
 from aexp.report.render import render

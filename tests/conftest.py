@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from aexp.build import conf_dir
+from aexp.assemble import conf_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

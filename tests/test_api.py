@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 import aexp
 from aexp import checkpoint
-from aexp.build import conf_dir
+from aexp.assemble import conf_dir
 from aexp.errors import ConfigError
 from conftest import ROOT, run_cli
 

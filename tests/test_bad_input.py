@@ -12,7 +12,7 @@ from PIL import Image
 
 from aexp import checkpoint
 from aexp.errors import CheckpointError
-from aexp.build import load_run
+from aexp.assemble import load_run
 from aexp.cli import main
 from conftest import aexp, make_mnist, run_cli
 

@@ -5,7 +5,7 @@ state."""
 import pytest
 import torch
 
-from aexp.build import build_parts
+from aexp.assemble import build_parts
 from aexp.models import cost
 from aexp.models.conv import ConvAE
 from aexp.models.dense import MLP

@@ -4,8 +4,8 @@ import torch
 
 from aexp.data import Data, Split
 from aexp.models import Output
-from aexp.build import build_schedule
-from aexp.build import build, check_config
+from aexp.assemble import build_schedule
+from aexp.assemble import build, check_config
 from aexp.run.steps import preflight
 from conftest import options
 
@@ -78,7 +78,7 @@ def test_default_run_and_sweep_folders_end_in_a_tag_drawn_once_per_run():
 
     from hydra import compose, initialize_config_dir
 
-    from aexp.build import conf_dir
+    from aexp.assemble import conf_dir
     dirs = []
     for _ in range(3):
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

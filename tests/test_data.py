@@ -10,7 +10,7 @@ from PIL import Image
 
 from aexp.data import Data
 from aexp.errors import ConfigError, DataError
-from aexp.build import build_parts
+from aexp.assemble import build_parts
 from conftest import aexp, make_mnist, run_cli
 
 

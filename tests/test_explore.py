@@ -47,7 +47,7 @@ def test_training_records_probe_latents_each_epoch(mnist_run):
     assert z2.dtype == np.float16 and z2.shape == (16, 2)
     assert not np.allclose(z0, z2)   # training moved the latents
     # the last recorded latents are the final model's codes of those validation samples
-    from aexp.build import load_run
+    from aexp.assemble import load_run
     r = load_run(run, which="last", device="cpu")
     x = r.data.batch(r.data.val, torch.as_tensor(probe["index"]))[0]
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_colors_run_points_in_their_own_color(tmp_path):
     assert d["meta"]["kind"] == "colors" and d["classes"] is None
     test = d["samples"]["test"]
     assert test["target"]["h"] == test["target"]["w"] == 1 and test["target"]["n"] == 60
-    from aexp.build import load_run
+    from aexp.assemble import load_run
     colors = load_run(run, device="cpu").data.test.x.numpy()
     shown = np.frombuffer(__import__("base64").b64decode(test["color"]), np.uint8).reshape(-1, 3)
     np.testing.assert_allclose(shown, colors * 255, atol=1.0)
@@ -195,7 +195,7 @@ def test_explorer_in_headless_chromium(mnist_run, browser, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     from aexp.data import mnist
-    from aexp.build import load_run
+    from aexp.assemble import load_run
     root, run = mnist_run
     browser.get((run / "explorer.html").as_uri())
     for _ in range(200):

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import aexp
-from aexp.build import build
+from aexp.assemble import build
 from aexp.cli import main
 from aexp.errors import CheckpointError, ConfigError
 from aexp.report import export

@@ -8,7 +8,7 @@ from torchvision import datasets, transforms
 from aexp.run import faults
 from aexp.run import steps as loop
 from aexp.data import mnist
-from aexp.build import build
+from aexp.assemble import build
 from conftest import make_mnist
 
 

@@ -15,12 +15,12 @@ LAYERS = [
     ("aexp.cli", "aexp.api"),   # the two ways in: the command table and the Python API,
     ("aexp.jobs",),             # which both run one job through aexp.jobs
     ("aexp.run", "aexp.report"),
-    ("aexp.build",),
+    ("aexp.assemble",),
     ("aexp.data", "aexp.models", "aexp.losses"),
     ("aexp.io", "aexp.checkpoint", "aexp.draw", "aexp.errors", "aexp.trust", "aexp"),
 ]
 # Only the command table imports aexp modules inside functions: `aexp render` and the other
-# argparse commands start without torch and Hydra, which `aexp.build` brings.
+# argparse commands start without torch and Hydra, which `aexp.assemble` brings.
 LAZY_IMPORTS_ALLOWED = {"aexp.cli"}
 # The one arrow pointing up: the package's module-level __getattr__ hands out the Python API
 # (`aexp.train`, ...) on first use, inside a function, so `import aexp` stays cheap.

@@ -3,7 +3,7 @@ the KL, and the WAE's MMD; each through its config option as well."""
 import pytest
 import torch
 
-from aexp.build import build, build_loss
+from aexp.assemble import build, build_loss
 from aexp.losses import IWAE, MMD, TCDecomposition, gaussian_kl
 from aexp.losses.variational import imq_mmd, importance_log_weights
 from aexp.models import Output

@@ -167,7 +167,7 @@ def test_slurm_config_asks_for_the_requeue_signal_and_a_requeueable_job(monkeypa
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from aexp.build import conf_dir
+    from aexp.assemble import conf_dir
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "hydra.sweep.dir=/s"],
                       return_hydra_config=True)

@@ -14,7 +14,7 @@ from omegaconf import open_dict
 from PIL import Image
 
 from aexp import checkpoint
-from aexp.build import build_parts
+from aexp.assemble import build_parts
 from aexp.data import Stored, decode, image_folder
 from aexp.errors import DataError
 from aexp.losses import Term

@@ -163,7 +163,7 @@ def test_objective_reads_metrics_then_eval_json(tmp_path, compose_cfg):
     assert pick("objective.metric=test_ssim") == 0.9
     with pytest.raises(ConfigError, match="neither a metrics.csv column nor an eval.json key"):
         pick("objective.metric=accuracy")
-    from aexp.build import check_config
+    from aexp.assemble import check_config
     with pytest.raises(ConfigError, match="objective.reduce must be one of last, min, max"):
         check_config(compose_cfg(["objective.reduce=median"]))   # refused before any job runs
 
@@ -219,7 +219,7 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
 ])
 def test_cluster_configs_compose_onto_the_plugins(override, key, expected):
     from hydra import compose, initialize_config_dir
-    from aexp.build import conf_dir
+    from aexp.assemble import conf_dir
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[override], return_hydra_config=True)
     node = cfg.hydra.launcher if "launcher" in override else cfg.hydra.sweeper

@@ -115,7 +115,7 @@ def test_bad_corruption_settings():
 
 @pytest.mark.parametrize("option", options("corruption"))
 def test_every_corruption_option_builds_and_applies(compose_cfg, option):
-    from aexp.build import build_parts
+    from aexp.assemble import build_parts
     cfg = compose_cfg([f"corruption={option}", "dataset=digits", "model=mlp"])
     data, _, _ = build_parts(cfg, torch.device("cpu"))
     x, y = data.batch(data.train, torch.arange(32), train=True)

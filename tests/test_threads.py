@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from aexp import cli
-from aexp.build import build_parts
+from aexp.assemble import build_parts
 from aexp.errors import ConfigError
 from aexp.run import threads
 from conftest import run_cli

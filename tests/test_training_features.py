@@ -10,7 +10,7 @@ from aexp.run import steps as loop
 from aexp.errors import ConfigError
 from aexp.models.pooling import PoolingCNN
 from aexp.models.resnet import ResNetAE
-from aexp.build import build
+from aexp.assemble import build
 from aexp.run.train import train
 from conftest import run_cli
 
@@ -163,7 +163,7 @@ def test_incompatible_combinations_fail_before_training(tmp_path, tiny_mnist, ov
 
 def test_perceptual_loss_from_a_run_aexp_trained(compose_cfg, tmp_path, tiny_mnist):
     """Without VGG weights, the encoder of an aexp run supplies the features."""
-    from aexp.build import build_loss
+    from aexp.assemble import build_loss
     from aexp.losses import Perceptual
     from aexp.models import Output
     cfg = compose_cfg(["model=conv", "model.channels=[4,8]", "dataset=mnist", f"dataset.root={tiny_mnist}",
@@ -188,7 +188,7 @@ def test_perceptual_loss_from_a_run_aexp_trained(compose_cfg, tmp_path, tiny_mni
 
 @pytest.mark.parametrize("on", [True, False])
 def test_channels_last_stores_conv_weights_nhwc_and_computes_the_same(compose_cfg, tiny_mnist, on):
-    from aexp.build import build_parts
+    from aexp.assemble import build_parts
     cfg = compose_cfg(["model=conv", "model.channels=[4,8]", "dataset=mnist", f"dataset.root={tiny_mnist}",
                        "dataset.val_size=20", f"train.channels_last={str(on).lower()}"])
     data, model, _ = build_parts(cfg, torch.device("cpu"))

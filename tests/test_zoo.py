@@ -7,7 +7,7 @@ from torchvision.models import vgg
 
 from aexp.data import Data, Split
 from aexp.errors import ConfigError
-from aexp.build import build
+from aexp.assemble import build
 from aexp.run.steps import preflight
 from conftest import options
 

@@ -5,7 +5,7 @@ The feature network is frozen and comes from a local file, never a download:
 - `weights: PATH` - torchvision VGG16-bn with that state dict (full model or `features.*` only);
   layers are named `relu{block}_{conv}`, e.g. relu1_2, relu2_2, relu3_3, relu4_3.
 - `features_run: RUN_DIR` - the encoder of a model aexp trained itself (its best checkpoint,
-  loaded by `aexp.build`),
+  loaded by `aexp.assemble`),
   when no VGG weights are at hand; layers are `stage1`, `stage2`, ... (the encoder's top-level
   blocks). Its features were learned for reconstructing that run's data, so it is a weaker
   stand-in for an ImageNet network, but an honest, trained one.

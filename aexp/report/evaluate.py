@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from aexp.build import check_values, conf_dir, load_run
+from aexp.assemble import check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
 from aexp.losses.variational import decoder_log_prob
@@ -177,7 +177,7 @@ def latent_stats(pred: dict) -> dict:
 
 
 def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
-    """Every number for a loaded run (see `aexp.build.load_run`); writes eval.json and pictures."""
+    """Every number for a loaded run (see `aexp.assemble.load_run`); writes eval.json and pictures."""
     t0 = time.perf_counter()
     data, model = run.data, run.model
     task = data.task.name

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from aexp import draw
-from aexp.build import load_run
+from aexp.assemble import load_run
 from aexp.errors import AexpError, ArgumentParser, ConfigError
 
 

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from aexp import trust
-from aexp.build import allowed_targets, build, load_run
+from aexp.assemble import allowed_targets, build, load_run
 from aexp.errors import AexpError, ArgumentParser, CheckpointError
 from aexp.io import atomic_write
 

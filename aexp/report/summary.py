@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from aexp.build import load_run
+from aexp.assemble import load_run
 from aexp.errors import AexpError, ArgumentParser
 from aexp.io import FINISHED_MARKER, flatten, read_csv, write_csv
 from aexp.report import plots

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aexp.build import build, build_parts, check_config, resolve_device, seed_everything
+from aexp.assemble import build, build_parts, check_config, resolve_device, seed_everything
 from aexp.errors import ConfigError
 from aexp.run import steps as st, threads
 from aexp.run.train import console

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from aexp import checkpoint
 from aexp import trust
-from aexp.build import allowed_targets, upgrade
+from aexp.assemble import allowed_targets, upgrade
 from aexp.errors import CheckpointError, ConfigError
 from aexp.io import flatten
 

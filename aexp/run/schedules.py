@@ -1,7 +1,7 @@
 """Learning-rate schedules that need the run's length. Epoch schedules (StepLR, plateau...) are
 torch classes named directly in `conf/schedule/`; the ones here are stepped after every batch
 (they derive from `PerBatch`) and receive `total_steps` (the run's optimiser steps) when built
-(`aexp.build.build_schedule`), because that number depends on the dataset size, batch size,
+(`aexp.assemble.build_schedule`), because that number depends on the dataset size, batch size,
 epochs or `train.max_steps`."""
 from torch.optim import lr_scheduler
 

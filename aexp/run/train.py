@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.text import Text
 
 from aexp import checkpoint
-from aexp.build import build, build_parts, build_schedule, check_config, resolve_device, seed_everything
+from aexp.assemble import build, build_parts, build_schedule, check_config, resolve_device, seed_everything
 from aexp.errors import Interrupted, TrainingDiverged
 from aexp.io import write_csv
 from aexp.run import distributed, faults, resume, steps as st, threads

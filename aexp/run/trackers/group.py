@@ -4,7 +4,7 @@ RUN_DIR/trackers.json."""
 import json
 from pathlib import Path
 
-from aexp.build import build
+from aexp.assemble import build
 from aexp.errors import Interrupted
 from aexp.io import atomic_write
 from aexp.run.trackers.base import CSV, RunInfo, Tracker

@@ -2,7 +2,7 @@
 loaded): the run's own settings (seed, device, train.*, frames.*, eval.*, ...) against the
 defaults in `conf/config.yaml` (an unknown key, a value of another type than its default, a value
 below its minimum or outside its documented choices is refused with one line, ConfigError), the
-objective a sweep optimises, and the device. Re-exported by `aexp.build`."""
+objective a sweep optimises, and the device. Re-exported by `aexp.assemble`."""
 import difflib
 import math
 import os

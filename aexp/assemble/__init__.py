@@ -7,7 +7,7 @@ defaults in `conf/config.yaml`: an unknown key, a value of another type than its
 below its minimum or outside its documented choices is refused with one line (ConfigError).
 Group options (model, loss, dataset, optimizer, schedule) are checked by building them: their
 constructors refuse what they cannot take. The config tree and the value checks live in
-`aexp.build.config` and are re-exported here."""
+`aexp.assemble.config` and are re-exported here."""
 import inspect
 import random
 from dataclasses import dataclass
@@ -19,7 +19,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from aexp import checkpoint, trust
-from aexp.build.config import (AUTO, CHOICES, EVAL_NUMBERS, EVAL_SECTIONS, KINDS, MINIMUM,
+from aexp.assemble.config import (AUTO, CHOICES, EVAL_NUMBERS, EVAL_SECTIONS, KINDS, MINIMUM,
                                check_config, check_objective, check_values, conf_dir, defaults,
                                resolve_device)
 from aexp.errors import AexpError, CheckpointError, ConfigError, unwrap
