@@ -17,7 +17,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from aexp import jobs
+from aexp import jobs, project
 from aexp.assemble import LoadedRun, check_values, conf_dir
 from aexp.assemble import load_run as build_load_run
 from aexp.errors import ConfigError, one_line
@@ -36,14 +36,17 @@ def compose(overrides=()) -> DictConfig:
     """The run config `aexp train OVERRIDES` would compose, from the same config tree (the
     package's conf/, or $AEXP_CONF). No Hydra run is started, and Hydra's global state is left
     as it was found (cleared, or a notebook's own `hydra.initialize`), so later calls and a later
-    `aexp train` in the same process work. A bad override raises ConfigError (one line)."""
+    `aexp train` in the same process work. A bad override raises ConfigError (one line). The
+    open aexp project's conf/ (aexp.project) is searched beside aexp's own groups."""
     overrides = [str(o) for o in overrides]
+    opened = project.activate()   # the open project's python on sys.path, its conf/ searched too
+    searched = opened.searchpath_override() if opened else []
     hydra = GlobalHydra.instance()
     outer = hydra.hydra if hydra.is_initialized() else None
     hydra.clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
+            cfg = hydra_compose(config_name="config", overrides=[*overrides, *searched])
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(one_line(e)) from None
     finally:   # the context restores what it found, but not when entering it failed
@@ -105,9 +108,11 @@ class Run(LoadedRun):
 
 def load_run(run_dir, checkpoint: str = "best", device: str = "cpu", trust: bool = False) -> Run:
     """Rebuild a run from RUN_DIR/checkpoints/<checkpoint>.pt (best or last). A stored config
-    naming a target outside aexp's own is refused unless `trust=True` (as `--trust`)."""
+    naming a target outside aexp's own and outside the open project's `trust` list (its
+    aexp.yaml) is refused unless `trust=True` (as `--trust`)."""
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"checkpoint must be best or last, got {checkpoint!r}")
+    project.activate()   # a run of the open project names its classes: importable, trusted
     with trusting(trust):
         loaded = build_load_run(Path(run_dir).expanduser(), which=checkpoint, device=device)
     return Run(**vars(loaded), checkpoint=checkpoint)
@@ -131,6 +136,7 @@ def evaluate(run: LoadedRun, **settings) -> dict:
 def load_safetensors(path, device: str = "cpu", trust: bool = False):
     """The model of an `aexp export --format safetensors` file, in eval mode: rebuilt from the
     config in its metadata (the same trust check as a run folder), then every tensor loaded."""
+    project.activate()
     with trusting(trust):
         return read_safetensors(Path(path).expanduser(), device=device)
 

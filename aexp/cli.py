@@ -8,6 +8,7 @@ import os
 import sys
 from typing import NamedTuple
 
+from aexp import project
 from aexp.errors import AexpError, FolderBusy, Interrupted, one_line
 from aexp.io import FINISHED_MARKER, folder_lock
 
@@ -39,11 +40,13 @@ COMMANDS = [
             "space (--serve)", "aexp.report.explore:main"),
     Command("export", "RUN_DIR", "the model as safetensors, or its encoder and decoder as onnx or "
             "pt2 graphs (--format)", "aexp.report.export:main"),
+    Command("init", "DIR", "write a small project of your own (aexp.yaml, conf/, a model, dataset "
+            "and loss) into an empty DIR", "aexp.scaffold:main"),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 
 USAGE = "usage: aexp <command> [args]\n\ncommands:\n" + "".join(
-    f"  {c.name:<8}{c.args:<14}{c.help}\n" for c in COMMANDS) + """
+    f"  {c.name:<12}{c.args:<14}{c.help}\n" for c in COMMANDS) + """
 examples:
   aexp train
   aexp train model=vae dataset=mnist dataset.root=data train.epochs=2
@@ -55,6 +58,11 @@ examples:
   aexp summary multirun/2026-01-01/12-00-00_b71c --metric best_val_loss
   aexp explore outputs/2026-01-01/12-00-00_3f9a --projection tsne
   aexp export outputs/2026-01-01/12-00-00_3f9a --format onnx
+  aexp init myproject
+  aexp train model=my_ae dataset=my_data loss=my_loss --project myproject
+
+--project DIR (any command): the aexp project (aexp.yaml) to open; default: the nearest folder
+at or above the current one holding an aexp.yaml (or $AEXP_PROJECT)
 """
 
 
@@ -121,6 +129,7 @@ def _hydra(command: Command, argv: list[str]) -> int:
     try:
         args = resume.argv_for(argv)
         sys.argv = [f"aexp {command.name}", *args, *distributed.hydra_overrides(),
+                    *project.searchpath_override(),   # the open project's conf/ beside aexp's
                     f"hydra.job.name={command.name.replace('-', '_')}"]
         # Hydra prints its own errors over several lines and exits 1; with this set it raises
         # them instead, and they become one line and exit code 2 like every other user error.
@@ -201,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     if trusting:
         rest = [a for a in rest if a != "--trust"]
         os.environ[TRUST_ENV] = "1"
+    # --project DIR (any command): the aexp project to open (aexp.project), for this call only
+    rest, named_project = _take_option(rest, "--project")
+    project_before = os.environ.get(project.ENV)
+    if named_project is not None:
+        os.environ[project.ENV] = named_project
     try:
+        if command.name != "init":   # (a new project may be written inside another one)
+            project.activate()       # its python on sys.path; a bad aexp.yaml is one line
         if command.hydra:
             return _hydra(command, rest)
         code = _load(command.target)(rest)
@@ -219,6 +235,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if trusting:
             _restore(TRUST_ENV, before)
+        if named_project is not None:
+            _restore(project.ENV, project_before)
+
+
+def _take_option(args: list[str], flag: str) -> tuple[list[str], str | None]:
+    """`args` without `FLAG VALUE` / `FLAG=VALUE`, and the value (None when absent)."""
+    rest, value, i = [], None, 0
+    while i < len(args):
+        if args[i] == flag and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith(flag + "="):
+            value = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return rest, value
 
 
 if __name__ == "__main__":

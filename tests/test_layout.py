@@ -13,11 +13,12 @@ MAX_LINES = 300
 # The bottom layer is shared plumbing: its modules may use each other (cycles aside).
 LAYERS = [
     ("aexp.cli", "aexp.api"),   # the two ways in: the command table and the Python API,
-    ("aexp.jobs",),             # which both run one job through aexp.jobs
+    ("aexp.jobs", "aexp.contract", "aexp.scaffold"),   # which both run one job through aexp.jobs;
+                                # the model contract checks and `aexp init`, commands of their own
     ("aexp.run", "aexp.report"),
     ("aexp.assemble",),
     ("aexp.data", "aexp.models", "aexp.losses"),
-    ("aexp.io", "aexp.checkpoint", "aexp.draw", "aexp.errors", "aexp.trust", "aexp"),
+    ("aexp.io", "aexp.checkpoint", "aexp.draw", "aexp.errors", "aexp.trust", "aexp.project", "aexp"),
 ]
 # Only the command table imports aexp modules inside functions: `aexp render` and the other
 # argparse commands start without torch and Hydra, which `aexp.assemble` brings.
