@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-slow demo bench bench-gpu clean
+.PHONY: install test test-slow docs demo bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e '.[test,cluster,metrics,export,tracking]'
+	$(BIN)/python -m pip install -q -e '.[test,cluster,metrics,export,tracking,docs]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -22,6 +22,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link, anchor
+# or reference. `make test` builds it too (tests/test_docs.py). The two variables quiet banners
+# the theme and a plugin print on every build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict -d site
 
 demo: $(STAMP)
 	@run=outputs/demo/$$(date +%Y-%m-%d_%H-%M-%S); \
@@ -40,4 +46,4 @@ bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/bench_gpu.py $(BENCH_ARGS)
 
 clean:
-	rm -rf outputs/demo multirun .pytest_cache
+	rm -rf outputs/demo multirun .pytest_cache site
