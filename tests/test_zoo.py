@@ -7,7 +7,7 @@ from torchvision.models import vgg
 
 from aexp.data import Data, Split
 from aexp.errors import ConfigError
-from aexp.assemble import build
+from aexp.assemble import build, build_loss, code_size
 from aexp.run.steps import preflight
 from conftest import options
 
@@ -45,6 +45,7 @@ def vgg_file(tmp_path_factory):
 
 
 LOSS_OVERRIDES = {"perceptual": lambda f: [f"loss.terms.perceptual.weights={f}"]}
+SIZED_BY_CODE = ("factorvae",)
 _cache = {}
 
 
@@ -55,9 +56,11 @@ def _build(compose_cfg, model, loss, shapes, vgg_file):
     if key not in _cache:       # building ResNets is slow: one per shape, shared across losses
         torch.manual_seed(0)
         _cache[key] = build(cfg.model, in_shape=shapes[0], out_shape=shapes[1])
-    if ("loss", loss) not in _cache:
-        _cache[("loss", loss)] = build(cfg.loss)
-    return _cache[key], _cache[("loss", loss)]
+    # a term sized by the model's code (a FactorVAE discriminator) is built per code size
+    code = code_size(_cache[key], torch.rand(1, *shapes[0])) if loss in SIZED_BY_CODE else None
+    if ("loss", loss, code) not in _cache:
+        _cache[("loss", loss, code)] = build_loss(cfg.loss, code_size=code)
+    return _cache[key], _cache[("loss", loss, code)]
 
 
 def _data(shapes, n=4):
@@ -79,7 +82,8 @@ def _data(shapes, n=4):
 def compatible(model, net, loss, data, out_shape) -> bool:
     """What each loss needs, stated independently of the code under test."""
     variational = model in ("vae", "conv_vae")
-    if loss in ("vae", "vae_cb", "iwae", "btcvae"):     # a posterior mu, logvar
+    if loss in ("vae", "vae_cb", "iwae", "btcvae", "factorvae", "dipvae", "beta_vae_capacity"):
+        # a posterior mu, logvar
         return variational
     if loss == "vqvae":                                  # codes from a codebook
         return net.codebook_size is not None

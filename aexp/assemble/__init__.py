@@ -27,8 +27,8 @@ from aexp.models import cost
 
 __all__ = ["AUTO", "CHOICES", "EVAL_NUMBERS", "EVAL_SECTIONS", "KINDS", "MINIMUM", "LoadedRun",
            "allowed_targets", "build", "build_loss", "build_parts", "build_schedule", "check_config",
-           "check_objective", "check_values", "conf_dir", "defaults", "load_run", "resolve_device",
-           "seed_everything", "upgrade"]
+           "check_objective", "check_values", "code_size", "conf_dir", "defaults", "load_run",
+           "resolve_device", "seed_everything", "upgrade"]
 
 
 def seed_everything(seed: int) -> None:
@@ -50,22 +50,44 @@ def build(node, **kwargs):
         raise ConfigError(f"cannot build {node.get('_target_', '?')}: {text}") from None
 
 
-def build_loss(node, data_size: int | None = None):
+def build_loss(node, data_size: int | None = None, code_size: int | None = None):
     """The loss. Terms that need more than their config get it here: a perceptual term taking
     its features from another run (`features_run`) gets that run's model, a term whose
-    `dataset_size` is left null gets the training split's size (`data_size`)."""
+    `dataset_size` is left null gets the training split's size (`data_size`), one whose
+    `code_size` is left null the model's flattened code size (`code_size`), and a term with an
+    `optimizer` of its own (a critic, aexp.losses.adversarial) gets it unbuilt, as a function of
+    the parameters it will step."""
     terms = node.get("terms") or {}
     extra = {}
     for name, t in terms.items():
-        if isinstance(t, DictConfig) and t.get("features_run"):
-            extra[name] = {"run_model": load_run(t.features_run, "best", device="cpu").model}
-        elif isinstance(t, DictConfig) and "dataset_size" in t and t.dataset_size is None and data_size:
-            extra[name] = {"dataset_size": data_size}
-    if not extra:
+        if not isinstance(t, DictConfig):
+            continue
+        mine = extra.setdefault(name, {})
+        if t.get("features_run"):
+            mine["run_model"] = load_run(t.features_run, "best", device="cpu").model
+        elif "dataset_size" in t and t.dataset_size is None and data_size:
+            mine["dataset_size"] = data_size
+        if "code_size" in t and t.code_size is None and code_size:
+            mine["code_size"] = code_size
+        if isinstance(t.get("optimizer"), DictConfig):
+            mine["optimizer"] = build(t.optimizer, _partial_=True)
+    if not any(extra.values()):
         return build(node)
     built = {name: build(t, **extra.get(name, {})) for name, t in terms.items()}
     rest = {k: v for k, v in node.items() if k not in ("_target_", "terms")}
     return build(OmegaConf.create({"_target_": node._target_}), terms=built, **rest)
+
+
+def code_size(model, x) -> int:
+    """The model's code size per sample (flattened), from one forward pass in eval mode (a VAE
+    then gives its mean: no random draw)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x).z[0].numel()
+    finally:
+        model.train(was)
 
 
 def build_schedule(node, optimizer, total_steps: int):
@@ -88,7 +110,11 @@ def build_parts(cfg, device) -> tuple:
     x, _ = data.batch(data.train, torch.arange(min(1, len(data.train)), device=data.train.x.device))
     if cost.channels_last(cfg.train.get("channels_last", "auto"), model, device, x):
         model = model.to(memory_format=torch.channels_last)   # when it pays: aexp.models.cost
-    return data, model, build_loss(cfg.loss, data_size=len(data.train))
+    needs_code = any(isinstance(t, DictConfig) and "code_size" in t and t.code_size is None
+                     for t in (cfg.loss.get("terms") or {}).values())
+    loss = build_loss(cfg.loss, data_size=len(data.train),
+                      code_size=code_size(model, x) if needs_code else None)
+    return data, model, loss.to(device)
 
 
 def allowed_targets() -> frozenset:
@@ -147,6 +173,11 @@ def load_run(run_dir, which: str = "best", device: str = "auto") -> LoadedRun:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as e:   # a checkpoint whose weights are not this model's
         raise CheckpointError(f"{run_dir}: the checkpoint's weights do not fit its model: "
+                              f"{str(e).strip().splitlines()[0][:200]}") from None
+    try:    # the loss's own trained state (a critic's weights), for its terms' values
+        loss_fn.load_state_dict(state.get("loss") or {})
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{run_dir}: the checkpoint's loss state does not fit its loss: "
                               f"{str(e).strip().splitlines()[0][:200]}") from None
     model.eval()
     model.start_epoch(None)

@@ -7,6 +7,11 @@ Reduction (documented, explicit):
   This is the scale of the VAE objective (nats per image) and of the classic Keras/PyTorch examples.
 - `mean`: per sample, mean over pixels / latent dimensions, then mean over the batch
   (`nn.MSELoss()`'s scale for reconstruction terms).
+
+A term may also own trained state (a FactorVAE discriminator with its own optimiser, a counter
+of steps): it overrides `update`, which the training loop calls once per batch after the model's
+optimiser step (`Loss.auxiliary_step`), and `state_dict`/`load_state_dict`, which go into the
+checkpoint (`Loss.state_dict`), so a resumed run continues exactly. See `aexp.losses.adversarial`.
 """
 import torch
 
@@ -42,6 +47,23 @@ class Term:
     def __call__(self, out, x, y, model, reduction: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def update(self, out, x, y, model) -> dict:
+        """Called once per training batch, after the model's step, with that batch's output
+        (computed before the step); returns {name: value} to log as `<term>_<name>`. Nothing
+        by default: only terms with trained state of their own override it."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """The term's trained state, for the checkpoint (none by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`'s contents (nothing to restore by default)."""
+
+    def to(self, device) -> "Term":
+        """Move what the term owns to the run's device (nothing by default)."""
+        return self
+
 
 class Loss:
     """Weighted sum of named terms. `terms` maps a name to a `Term` (built from config)."""
@@ -54,6 +76,8 @@ class Loss:
         self.terms = dict(terms)
         self.reduction = reduction
         self.epoch = None       # set by the training loop: weights may warm up over epochs
+        # terms with a step of their own (Term.update): the loop calls nothing for the others
+        self.stepped = {n: t for n, t in self.terms.items() if type(t).update is not Term.update}
 
     def set_epoch(self, epoch: int | None) -> None:
         self.epoch = epoch
@@ -73,3 +97,32 @@ class Loss:
                 weights[key] = term.weight_at(self.epoch) if part is None else term.part_weight(part, self.epoch)
         values["loss"] = sum(weights[n] * v for n, v in values.items())
         return values
+
+    def auxiliary_step(self, out, x, y, model) -> dict:
+        """Step every term that trains something of its own (a discriminator, a critic) on this
+        batch's output, after the model's step; return their logged values as
+        {`<term>_<name>`: batch value} (empty for a loss without such terms)."""
+        logged = {}
+        for name, term in self.stepped.items():
+            logged.update({f"{name}_{k}": v for k, v in term.update(out, x, y, model).items()})
+        return logged
+
+    def state_dict(self) -> dict:
+        """{term name: its trained state} for the terms that have any (the checkpoint's `loss`)."""
+        return {n: s for n, s in ((n, t.state_dict()) for n, t in self.terms.items()) if s}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`; a term with trained state refuses to be left without it."""
+        unknown = set(state) - set(self.terms)
+        if unknown:
+            raise KeyError(f"loss state for unknown term(s) {sorted(unknown)}")
+        for name, term in self.terms.items():
+            if term.state_dict():
+                if name not in state:
+                    raise KeyError(f"no saved state for loss term '{name}'")
+                term.load_state_dict(state[name])
+
+    def to(self, device) -> "Loss":
+        for term in self.terms.values():
+            term.to(device)
+        return self

@@ -1,8 +1,9 @@
 """Resuming a run. Which checkpoint a run continues from (`resume=RUN_DIR`, or the run folder's own
 `checkpoints/last.pt`, which is what a requeued cluster job finds), and the training state saved
-into and restored from a checkpoint: model, optimizer, scheduler, every RNG, the data order, the
-metrics rows, the best validation loss and the frame writer's axes, so that on the CPU an
-interrupted run finishes with exactly the weights and metrics of the run left alone."""
+into and restored from a checkpoint: model, optimizer, scheduler, the loss's own trained state
+(a critic and its optimiser), every RNG, the data order, the metrics rows, the best validation
+loss and the frame writer's axes, so that on the CPU an interrupted run finishes with exactly
+the weights and metrics of the run left alone."""
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,23 +174,27 @@ def restore_rng(state: dict, gen: torch.Generator) -> None:
 
 
 def training_state(*, epoch, model, optimizer, scheduler, gen, frames, history, best, config,
-                   overrides=(), partial=None) -> dict:
+                   overrides=(), partial=None, loss=None) -> dict:
     """A checkpoint's contents after `epoch` finished epochs. `partial` holds the progress of a
     stopped epoch (its data order, step and running sums), so it continues mid-epoch.
-    `overrides` are the command-line overrides the run was composed from (for resume=)."""
+    `overrides` are the command-line overrides the run was composed from (for resume=).
+    `loss`: the loss, whose terms may train state of their own (a critic and its optimiser)."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "loss": loss.state_dict() if loss is not None else {},
             "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(gen),
             "config": config, "overrides": list(overrides), "history": history,
             "metrics": history[-1] if history else None, "best_val_loss": best,
             "frames": frames.state() if frames else None, "partial": partial}
 
 
-def restore(state: dict, *, model, optimizer, scheduler, gen, frames) -> tuple:
+def restore(state: dict, *, model, optimizer, scheduler, gen, frames, loss=None) -> tuple:
     """Load a checkpoint into the run's objects; return (finished epochs, metrics rows, best
     validation loss, partial epoch or None). RNGs last: building the run drew from them."""
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if loss is not None:    # checkpoints from before loss state have none: none was trained
+            loss.load_state_dict(state.get("loss") or {})
         scheduler.load_state_dict(state["scheduler"])
         if frames and state.get("frames"):
             frames.load_state(state["frames"])

@@ -85,7 +85,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
     start, rows, best, partial = 0, [], float("inf"), None
     if saved:
         start, rows, best, partial = resume.restore(saved, model=model, optimizer=optimizer,
-                                                    scheduler=scheduler, gen=gen, frames=frames)
+                                                    scheduler=scheduler, gen=gen, frames=frames,
+                                                    loss=loss_fn)
         if main:
             write_csv(run_dir / "metrics.csv", rows)   # drop a row written after the checkpoint
         console.print(f"resuming from {resume_from} after epoch {start}"
@@ -99,7 +100,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
     last_pt = run_dir / "checkpoints" / "last.pt"
     state = lambda epoch, partial=None: resume.training_state(
         epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, gen=gen, frames=frames,
-        history=rows, best=best, config=config, overrides=overrides, partial=partial)
+        history=rows, best=best, config=config, overrides=overrides, partial=partial, loss=loss_fn)
     progress = progress_bar()
     with progress, faults.StopSignals() as stop:
         task = progress.add_task("epoch", total=total_steps, info="", completed=start * steps)
@@ -124,7 +125,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
                 idx, scale = distributed.shard(batch)
                 x, y = st.resize(*data.batch(data.train, idx, train=True), size)
                 with autocast:
-                    terms = loss_fn(net(x), x, y, model, labels=st.labels(data.train, idx))
+                    out = net(x)
+                    terms = loss_fn(out, x, y, model, labels=st.labels(data.train, idx))
                 if not cfg.train.skip_nonfinite:
                     watch.record(step, terms)       # checked at the epoch's end: no sync here
                 elif not faults.finite(terms["loss"]):  # deciding per batch costs a sync per step
@@ -136,6 +138,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
                 optimizer.step()
                 if per_batch(scheduler):
                     scheduler.step()
+                # loss terms with an optimiser of their own (a critic) step next, on this batch
+                terms.update(loss_fn.auxiliary_step(out, x, y, model))
                 ep.add(terms, len(batch), len(idx))  # on the device: no sync per step
                 trackers.log_step(done + 1, terms["loss"])   # reads it only every N steps
                 last = step == steps - 1 or done + 1 == total_steps
