@@ -18,25 +18,27 @@ ORDER = {
     "tutorials": ["first-run", "mnist-ae-vae", "pooling-sweep", "own-model", "disentanglement"],
     "howto": ["resume", "sweeps", "trackers", "export", "big-datasets", "notebook", "explore",
               "project", "sampling"],
-    "reference": ["config/index", "cli", "api", "run-folder", "eval-json", "summary",
-                  "exit-codes"],
+    "reference": ["config/index", "run-config", "models", "losses", "data", "tasks", "presets",
+                  "cli", "api", "run-folder", "summary", "exit-codes"],
     "explanation": ["architecture", "trust", "reliability", "metrics", "performance",
                     "performance-cpu", "disentanglement-metrics", "disentangling-models"],
     "results": ["index"],
 }
 
 
-def sort_key(section: str, rel: str):
+def sort_key(section: str, rel: str, found: list[str]):
+    """Known pages in ORDER; the others as found (generated pages in the order written, then
+    the pages on disk by name)."""
     stem = rel[:-3]
     order = ORDER.get(section, [])
-    return (order.index(stem) if stem in order else len(order), rel)
+    return (order.index(stem) if stem in order else len(order), found.index(f"{section}/{rel}"))
 
 
 def nav(titles: dict[str, str]) -> str:
     lines = ["* [Home](index.md)"]
     for name, folder in SECTIONS:
         pages = sorted((p for p in titles if p.startswith(folder + "/")),
-                       key=lambda p: sort_key(folder, p[len(folder) + 1:]))
+                       key=lambda p: sort_key(folder, p[len(folder) + 1:], list(titles)))
         if not pages:
             continue
         lines.append(f"* {name}")
@@ -60,7 +62,7 @@ def nav(titles: dict[str, str]) -> str:
 
 def main():
     titles = dict(write_all(mkdocs_gen_files.open))
-    for path in DOCS.rglob("*.md"):
+    for path in sorted(DOCS.rglob("*.md")):
         rel = path.relative_to(DOCS).as_posix()
         if not rel.startswith("gen/") and rel != "index.md":
             titles.setdefault(rel, re.sub(r"`", "", title_of(path.read_text())))
