@@ -1,5 +1,5 @@
-"""The Python API (`aexp.compose`, `train`, `load_run`, `evaluate`): the README's notebook session
-runs as written; `import aexp` stays cheap; a composed config is the CLI's and leaves Hydra as it
+"""The Python API (`aexp.compose`, `train`, `load_run`, `evaluate`): the docs' notebook session
+(docs/howto/notebook.md) runs as written; `import aexp` stays cheap; a composed config is the CLI's and leaves Hydra as it
 found it; training goes through the job (finished runs skipped, other configs refused) and keeps
 what `aexp train resume=` needs; runs load with their metrics and evaluate with settings."""
 import os
@@ -28,19 +28,20 @@ def rows(metrics) -> list[dict]:
     return metrics.to_dict("records") if hasattr(metrics, "to_dict") else metrics
 
 
-def readme_session() -> str:
-    """The code block of the README's "Python API" section."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+NOTEBOOK = ROOT / "docs" / "howto" / "notebook.md"
 
 
-def test_the_readme_session_runs_as_written(tmp_path, monkeypatch):
+def notebook_session() -> str:
+    """The first code block of the docs' notebook page."""
+    return re.search(r"```python\n(.*?)```", NOTEBOOK.read_text(), re.S).group(1)
+
+
+def test_the_docs_notebook_session_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)   # its run folder is relative: outputs/...
-    code = readme_session()
+    code = notebook_session()
     assert len(code.strip().splitlines()) <= 12
     scope = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, str(NOTEBOOK), "exec"), scope)
     assert scope["z"].shape == (360, 2)                        # the digits' test split, 2-D codes
     assert scope["picture"].shape == (64, 64)                  # an 8 x 8 grid of 8 x 8 digits
     assert 0 <= float(scope["picture"].min()) and float(scope["picture"].max()) <= 1
