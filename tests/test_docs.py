@@ -22,7 +22,7 @@ EXTRA = re.compile(r"<!--\s*docs-test:\s*train-extra:(.*?)-->", re.S)
 BASH = re.compile(r"^```bash[^\n]*\n(.*?)^```", re.S | re.M)
 # Pages that run in the fast suite (measured: each well under 20 s); the others are slow. A
 # tutorial missing here still runs with `make test-slow`.
-FAST = {"first-run"}
+FAST = {"first-run", "mnist-ae-vae"}
 QUIET = {"NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
 
 

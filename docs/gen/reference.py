@@ -54,8 +54,10 @@ def field_table(fields, prefix: str) -> list[str]:
     for f in fields:
         if not f.value and not f.comment:
             continue   # a mapping holding fields, with nothing to say of its own
-        rows.append(f"| `{prefix}{f.key}` | {code(f.value) or '(fields below)'} | "
-                    f"{escape(f.comment) or '–'} |")
+        meaning = escape(f.comment) or ("what the option builds (a class or function; "
+                                         "the fields beside it are its arguments)"
+                                         if f.key.endswith("_target_") else "–")
+        rows.append(f"| `{prefix}{f.key}` | {code(f.value) or '(fields below)'} | {meaning} |")
     return rows if len(rows) > 2 else ["(no fields)"]
 
 
@@ -145,7 +147,7 @@ def api_page() -> str:
              "and evaluation. Generated from the docstrings at every build; "
              "[reading a run from a notebook](../howto/notebook.md) shows them together.", ""]
     lines += [f"::: aexp.api.{name}" for name in aexp.API]
-    lines += ["", "::: aexp.api.Run", "", "::: aexp.assemble.LoadedRun", "",
+    lines += ["", "::: aexp.api.Run", "",
               "::: aexp.report.summary.best_trial", ""]
     return "\n".join(lines)
 
