@@ -40,6 +40,8 @@ COMMANDS = [
             "space (--serve)", "aexp.report.explore:main"),
     Command("export", "RUN_DIR", "the model as safetensors, or its encoder and decoder as onnx or "
             "pt2 graphs (--format)", "aexp.report.export:main"),
+    Command("sample", "RUN_DIR", "fit a sampler on the training codes (--sampler normal|gmm|"
+            "two_stage|flow|prior), draw and score samples", "aexp.report.sample:main"),
     Command("init", "DIR", "write a small project of your own (aexp.yaml, conf/, a model, dataset "
             "and loss) into an empty DIR", "aexp.scaffold:main"),
 ]

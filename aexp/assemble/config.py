@@ -32,7 +32,7 @@ MINIMUM = {
     "train.max_steps": 1, "frames.every": 1, "frames.probe_size": 1, "frames.size": 16,
     "eval.batch_size": 1, "eval.nll_samples": 0, "eval.nll_max_images": 0, "eval.nll_batch": 1,
     "eval.tsne_points": 1, "eval.classifier.epochs": 1, "eval.inception_max_images": 2,
-    "lr_find.steps": 10,
+    "eval.sampler_images": 2, "eval.pr_k": 1, "lr_find.steps": 10,
 }
 # Settings with a fixed set of values.
 CHOICES = {
@@ -86,7 +86,7 @@ def check_config(cfg) -> None:
 
 # eval.json's sections and top-level numbers: what objective.metric may name besides a column
 EVAL_SECTIONS = ("reconstruction.", "latent.", "vae.", "colorization.", "classifier.", "quality.",
-                 "inception.", "codebook.")
+                 "inception.", "codebook.", "samplers.")
 EVAL_NUMBERS = ("epoch", "n_test", "parameters", "train_seconds", "eval_seconds")
 
 
@@ -120,6 +120,9 @@ def check_values(cfg) -> None:
         v = OmegaConf.select(cfg, key)
         if v is not None and v not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {v!r}")
+    for name in OmegaConf.select(cfg, "eval.samplers") or ():   # conf/sampler/ names them
+        if name not in ("prior", "vamp") and not (conf_dir() / "sampler" / f"{name}.yaml").is_file():
+            raise ConfigError(f"eval.samplers: unknown sampler {name!r} (conf/sampler/*.yaml, prior)")
     weights = OmegaConf.select(cfg, "eval.inception_weights")   # before training, not after it
     if weights and not Path(str(weights)).expanduser().is_file():
         raise ConfigError(f"eval.inception_weights: no such file {weights}")

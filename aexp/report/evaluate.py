@@ -25,7 +25,7 @@ from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
 from aexp.losses.variational import decoder_log_prob
 from aexp.models import quantize
-from aexp.report import baselines, measures, quality
+from aexp.report import baselines, measures, quality, sample
 from aexp.report import scores as scores_of
 from aexp.report.pictures import make_all
 
@@ -226,6 +226,8 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
     fid = scores_of.inception(run, pred, ev, seen)
     if fid:
         report["inception"] = fid
+    if ev.get("samplers"):   # fitted after training, drawn and scored (report/sample.py)
+        report["samplers"] = sample.section(run, ev, list(ev.samplers), log=log)
     if pictures:
         report["pictures"] = [str(p.relative_to(run.run_dir))
                               for p in make_all(run, pred, report, ev)]
