@@ -6,6 +6,9 @@ continues to exactly the run left alone; DIP's penalty and the capacity schedule
 import math
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ from aexp.io import read_csv
 from aexp.losses import DIP, CapacityKL, FactorTC, Loss, Term, dip_covariance, dip_penalty, permute_dims
 from aexp.models import Output
 from aexp.run.train import train
+from conftest import ROOT, aexp, options
 
 # A small VAE on the bundled 8x8 digits: seconds per run on one thread.
 TINY = ["dataset=digits", "model=vae", "model.hidden=[32]", "model.latent_dim=4",
@@ -32,7 +36,6 @@ COLUMNS = {"factorvae": ["train_tc", "val_tc", "train_tc_disc_acc", "train_tc_di
 
 
 def test_every_new_loss_option_is_covered():
-    from conftest import options
     assert {"factorvae", "dipvae", "beta_vae_capacity"} <= set(options("loss"))
     assert {o[0].split("=")[1] for o in NEW_LOSSES.values()} == {"factorvae", "dipvae", "beta_vae_capacity"}
 
@@ -241,3 +244,30 @@ def test_capacity_rises_linearly_to_c_max_then_holds():
     assert terms["capacity_c"].item() == pytest.approx(10.0)
     assert terms["capacity_gap"].item() == pytest.approx(8.75)
     assert terms["loss"].item() == pytest.approx(1000.0 * 8.75)
+
+
+@pytest.mark.slow     # three processes: about 50 s on two shared cores
+def test_factorvae_stopped_by_sigterm_resumes_exactly_with_aexp_train_resume(tmp_path):
+    """Through the real entry point: SIGTERM mid-run, then the command the run prints."""
+    args = ["train", *TINY, "loss=factorvae", "train.epochs=3", "train.batch_size=16"]
+    aexp(*args, f"hydra.run.dir={tmp_path / 'whole'}")                     # left alone
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "aexp.cli", *args, f"hydra.run.dir={run}"], cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not (run / "checkpoints" / "last.pt").exists():
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.02)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert f"resume with: aexp train resume={run}" in err
+    assert "resuming from" in aexp("train", f"resume={run}").stderr
+    a, b = (checkpoint.load(r / "checkpoints" / "last.pt") for r in (tmp_path / "whole", run))
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert_equal_state(a["loss"], b["loss"])
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
+    assert strip(read_csv(tmp_path / "whole" / "metrics.csv")) == strip(read_csv(run / "metrics.csv"))
