@@ -44,6 +44,8 @@ COMMANDS = [
             "two_stage|flow|prior), draw and score samples", "aexp.report.sample:main"),
     Command("init", "DIR", "write a small project of your own (aexp.yaml, conf/, a model, dataset "
             "and loss) into an empty DIR", "aexp.scaffold:main"),
+    Command("check-model", "TARGET [ovr]", "the model contract checks on a model option or class "
+            "(shapes, backward, determinism, state dict, export)", "aexp.contract:main"),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 
@@ -62,6 +64,7 @@ examples:
   aexp export outputs/2026-01-01/12-00-00_3f9a --format onnx
   aexp init myproject
   aexp train model=my_ae dataset=my_data loss=my_loss --project myproject
+  aexp check-model my_ae dataset=my_data --project myproject
 
 --project DIR (any command): the aexp project (aexp.yaml) to open; default: the nearest folder
 at or above the current one holding an aexp.yaml (or $AEXP_PROJECT)
