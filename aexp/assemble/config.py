@@ -32,6 +32,9 @@ MINIMUM = {
     "train.max_steps": 1, "frames.every": 1, "frames.probe_size": 1, "frames.size": 16,
     "eval.batch_size": 1, "eval.nll_samples": 0, "eval.nll_max_images": 0, "eval.nll_batch": 1,
     "eval.tsne_points": 1, "eval.classifier.epochs": 1, "eval.inception_max_images": 2,
+    "eval.disentanglement.points": 20, "eval.disentanglement.bins": 2,
+    "eval.disentanglement.dci_trees": 1, "eval.disentanglement.votes_train": 2,
+    "eval.disentanglement.votes_eval": 1, "eval.disentanglement.batch": 2,
     "eval.sampler_images": 2, "eval.pr_k": 1, "lr_find.steps": 10,
 }
 # Settings with a fixed set of values.
@@ -87,6 +90,7 @@ def check_config(cfg) -> None:
 # eval.json's sections and top-level numbers: what objective.metric may name besides a column
 EVAL_SECTIONS = ("reconstruction.", "latent.", "vae.", "colorization.", "classifier.", "quality.",
                  "inception.", "codebook.", "samplers.")
+EVAL_SECTIONS += ("disentanglement.",)   # data made from known factors (report/factors.py)
 EVAL_NUMBERS = ("epoch", "n_test", "parameters", "train_seconds", "eval_seconds")
 
 

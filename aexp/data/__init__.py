@@ -7,7 +7,8 @@ from aexp.data.builtin import colors, digits
 from aexp.data.core import Data, Split, as_float, carve
 from aexp.data.files import MNIST_FILES, cifar10, fashion_mnist, mnist, read_idx
 from aexp.data.folder import image_folder
+from aexp.data.sprites import dsprites
 from aexp.data.storage import Stored
 
 __all__ = ["Data", "Split", "as_float", "carve", "colors", "digits", "mnist", "fashion_mnist",
-           "cifar10", "image_folder", "read_idx", "MNIST_FILES", "Stored"]
+           "cifar10", "dsprites", "image_folder", "read_idx", "MNIST_FILES", "Stored"]

@@ -21,6 +21,8 @@ class Split:
     x: torch.Tensor | Stored        # uint8 [N, C, H, W] for images, float [N, D] for vectors;
                                     # a Stored view for images read per batch (data.storage)
     y: torch.Tensor | None = None   # int64 class labels [N], when the data has them
+    factors: torch.Tensor | None = None  # int64 [N, K] generative factors (value indices), when
+                                    # the data was made from known factors (dataset=dsprites)
 
     def __len__(self):
         return len(self.x)
@@ -51,6 +53,9 @@ class Data:
     memory_budget: float | None = None  # GiB the images may take in memory (None: half the free)
     placed: str = ""                # where `to` put the images, and why (shown in the banner)
     skipped: int = 0                # undecodable files left out (dataset.skip_bad)
+    factor_names: list = field(default_factory=list)  # names of the columns of Split.factors
+    factor_sizes: list = field(default_factory=list)  # values each factor has in the full grid
+    content_hash: str = ""          # sha256 of a generated dataset's images (its provenance)
 
     @property
     def in_shape(self) -> tuple:
@@ -116,7 +121,8 @@ class Data:
             nbytes = sum(s.x.nbytes for s in splits if isinstance(s.x, Stored))
             mode, why = choose(self.storage, nbytes, device, self.memory_budget)
             placed = f"{mode} ({why})"
-        move = lambda s: Split(place(s.x, mode, device), None if s.y is None else s.y.to(device))
+        move = lambda s: Split(place(s.x, mode, device), None if s.y is None else s.y.to(device),
+                               s.factors)     # factors stay on the CPU: only evaluation reads them
         self.task.to(device)
         return replace(self, train=move(self.train), val=move(self.val), test=move(self.test),
                        placed=placed)
@@ -133,7 +139,7 @@ def carve(split: Split, size: int, seed: int, what: str = "validation") -> tuple
     if not 0 < size < n:
         raise DataError(f"{what} size {size} leaves an empty split of {n} samples")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    pick = lambda idx: Split(subset(split.x, idx), take(split.y, idx))
+    pick = lambda idx: Split(subset(split.x, idx), take(split.y, idx), take(split.factors, idx))
     return pick(perm[size:]), pick(perm[:size])
 
 

@@ -10,7 +10,9 @@ What is measured depends on what the run is:
 - colourisation (`data.task.name == "colorize"`): accuracy of a,b within bounds and the curve;
 - labelled images: a cached small CNN's accuracy on the originals and on the predictions, and
   FID/KID on its features (report/quality.py);
-- images, when `eval.inception_weights` names a local file: an Inception FID."""
+- images, when `eval.inception_weights` names a local file: an Inception FID;
+- data made from known factors (dataset=dsprites): the disentanglement metrics, beside a random
+  encoder (baseline) and the true factors (ceiling) (report/factors.py)."""
 import json
 import time
 from collections.abc import Mapping
@@ -26,6 +28,7 @@ from aexp.io import atomic_write, flatten, read_csv
 from aexp.losses.variational import decoder_log_prob
 from aexp.models import quantize
 from aexp.report import baselines, measures, quality, sample
+from aexp.report import factors as factors_of
 from aexp.report import scores as scores_of
 from aexp.report.pictures import make_all
 
@@ -226,11 +229,13 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
     fid = scores_of.inception(run, pred, ev, seen)
     if fid:
         report["inception"] = fid
+    if factors_of.wanted(data, ev):   # data made from known factors: report/factors.py
+        report["disentanglement"] = factors_of.section(run, pred, ev, report)
     if ev.get("samplers"):   # fitted after training, drawn and scored (report/sample.py)
         report["samplers"] = sample.section(run, ev, list(ev.samplers), log=log)
     if pictures:
         report["pictures"] = [str(p.relative_to(run.run_dir))
-                              for p in make_all(run, pred, report, ev)]
+                              for p in make_all(run, pred, report, ev) + factors_of.pictures(run, pred, report)]
     report["eval_seconds"] = round(time.perf_counter() - t0, 3)
     path = run.run_dir / "eval.json"
     atomic_write(path, lambda f: f.write(json.dumps(report, indent=2).encode()))
@@ -246,13 +251,17 @@ def print_table(report: dict) -> None:
     names = list(report.get("baseline", {}))     # trivial baselines: a column each, beside the model
     for name in names:
         table.add_column(f"baseline: {name.replace('_', ' ')}", justify="right")
+    ceilings = list(report.get("ceiling", {}))   # ceilings (e.g. the true factors as the code)
+    for name in ceilings:
+        table.add_column(f"ceiling: {name.replace('_', ' ')}", justify="right")
     shown = lambda v: "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
     flat = flatten(report)
     for k, v in flat.items():
         if k in ("run_dir", "classifier.cache") or k.endswith(".data") or k.startswith("baseline.") \
-                or ".curve." in k:
+                or ".curve." in k or k.startswith(("ceiling.", "disentanglement.estimators.")):
             continue
-        table.add_row(k, shown(v), *[shown(flat.get(f"baseline.{n}.{k}")) for n in names])
+        table.add_row(k, shown(v), *[shown(flat.get(f"baseline.{n}.{k}")) for n in names],
+                      *[shown(flat.get(f"ceiling.{n}.{k}")) for n in ceilings])
     Console().print(table)
 
 
