@@ -42,6 +42,8 @@ COMMANDS = [
             "pt2 graphs (--format)", "aexp.report.export:main"),
     Command("sample", "RUN_DIR", "fit a sampler on the training codes (--sampler normal|gmm|"
             "two_stage|flow|prior), draw and score samples", "aexp.report.sample:main"),
+    Command("prior", "RUN_DIR", "train a PixelCNN prior over a VQ-VAE's code maps (RUN_DIR/prior/, "
+            "resumes)", "aexp.run.prior:main"),
     Command("init", "DIR", "write a small project of your own (aexp.yaml, conf/, a model, dataset "
             "and loss) into an empty DIR", "aexp.scaffold:main"),
     Command("check-model", "TARGET [ovr]", "the model contract checks on a model option or class "
