@@ -37,7 +37,12 @@ demo: $(STAMP)
 
 # Side-by-side training benchmark (not part of `make test`); real MNIST with
 # `make bench BENCH_ARGS="--root DIR"` where DIR holds MNIST/raw. Writes outputs/bench/.
+# `make bench` runs every row shortened (--quick, about 15 minutes on 2 quiet cores);
+# `make bench-full` the full lengths.
 bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py --quick $(BENCH_ARGS)
+
+bench-full: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # The GPU figures (samples/s, epoch time, peak memory; fp32/bf16; compile off/on), on one CUDA

@@ -35,6 +35,7 @@ from aexp.report.render import render
 from aexp.run.train import train
 from data_storage import markdown as storage_markdown, storage_bench
 from field import busy_machine, markdown as field_markdown, sweep_on_two_cores
+import precision
 import peer_loops
 from parity import aexp_rate, markdown as parity_markdown, parity
 
@@ -44,6 +45,10 @@ MODELS = {  # bench name -> aexp config overrides (model and loss as a user woul
     "VAE": ["model=vae"],
 }
 
+
+# --quick: the defaults that make the whole bench fit in about 15 minutes on 2 quiet cores
+QUICK = {"epochs": 2, "parity_rounds": 1, "storage_images": 5000, "busy_epochs": 4, "sweep_epochs": 8,
+         "precision_steps": 10}
 
 # aexp's runs in this process use the threads the conventional loop gets: --threads, else
 # torch's default (train.threads=auto has rows of its own, benchmarks/field.py)
@@ -219,9 +224,15 @@ def main(argv=None) -> int:
     ap.add_argument("--parity-rounds", type=int, default=2, help="A B pairs per same-model parity row")
     ap.add_argument("--storage-images", type=int, default=20000,
                     help="JPEGs in the generated folder of the storage rows (their 4x is the large one)")
-    ap.add_argument("--only", help="comma-separated rows to run: models, dense_step, channels_last, "
-                                   "frames, render, busy, sweep, parity, storage (default: all)")
+    ap.add_argument("--precision-steps", type=int, default=20, help="timed steps per model, fp32 vs bf16")
+    ap.add_argument("--quick", action="store_true", help="every row, shorter (what `make bench` runs: about 15 "
+                    "minutes on 2 quiet cores): the defaults above become " + str(QUICK))
+    ap.add_argument("--only", help="comma-separated rows to run: models, dense_step, channels_last, frames, "
+                                   "render, busy, sweep, parity, storage, precision, compile (default: all)")
     args = ap.parse_args(argv)
+    for key, value in QUICK.items() if args.quick else ():
+        if getattr(args, key) == ap.get_default(key):   # a value given on the command line wins
+            setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
         THREADS[:] = [f"train.threads={args.threads}"]
@@ -259,7 +270,9 @@ def main(argv=None) -> int:
                                       args.parity_rounds, args.epochs, device),
              "busy": lambda: busy_machine(args.busy_epochs),
              "sweep": lambda: sweep_on_two_cores(args.sweep_epochs),
-             "storage": lambda: storage_bench(args.storage_images, args.epochs, args.parity_rounds)}
+             "storage": lambda: storage_bench(args.storage_images, args.epochs, args.parity_rounds),
+             "precision": lambda: precision.precision_rows(compose, args.precision_steps),
+             "compile": lambda: precision.compile_rows(compose, args.precision_steps)}
     for name, measure in steps.items():
         if want(name):
             report[name] = measure()
@@ -303,6 +316,7 @@ def markdown(r) -> str:
         lines += field_markdown(r["busy"], r["sweep"])
     if "storage" in r:
         lines += storage_markdown(r["storage"])
+    lines += precision.markdown(r.get("precision"), r.get("compile"))
     return "\n".join(lines) + "\n"
 
 
