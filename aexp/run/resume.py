@@ -28,8 +28,11 @@ MAY_CHANGE = ("resume", "train.epochs", "device", "logger")
 # change the order of floating-point sums, so a resume is bit-exact when they decide the same.
 # Where the images live and how they were decoded (dataset.storage, the decode cache and its
 # workers) change nothing at all: the same batches, the same pixels.
+# train.precision counts here too, though bf16 rounds otherwise: `auto` keeps the precision the run
+# started in (its run_info.json, aexp.run.precision), another one given on resuming is the user's
+# choice and the banner says so; a run's precision never un-finishes it or blocks its resume.
 SPEED_ONLY = ("train.threads", "train.channels_last", "dataset.storage", "dataset.memory_budget",
-              "dataset.workers", "dataset.cache", "dataset.cache_dir")
+              "dataset.workers", "dataset.cache", "dataset.cache_dir", "train.precision")
 
 # What happens after training: the evaluation and the value a sweep reads off the run. A run
 # resumes, and a finished run stays finished, whatever these are now (a changed default such as

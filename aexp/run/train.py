@@ -17,6 +17,7 @@ from aexp.assemble import build, build_parts, build_schedule, check_config, reso
 from aexp.errors import Interrupted, TrainingDiverged
 from aexp.io import write_csv
 from aexp.run import distributed, faults, resume, steps as st, threads
+from aexp.run import precision as prec
 from aexp.run.frames import FrameWriter
 from aexp.run.resume import EpochProgress
 from aexp.run.schedules import per_batch
@@ -73,11 +74,16 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
     scheduler = build_schedule(cfg.schedule, optimizer, total_steps)
     st.preflight(model, loss_fn, data)
     st.check_progressive(model, data, cfg.train.get("progressive"))
+    # fp32 or bf16 autocast: `auto` decided once per run and kept by its resumes (run_info.json)
+    precision, why = prec.choose(cfg.train.precision, device, model, data, per_step, resume_from)
+    if distributed.is_main():
+        prec.record(run_dir, precision, why, device)
 
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]aexp[/] {type(model).__name__} ({n_params:,} parameters) on "
                   f"{data.name} ({len(data.train)} train / {len(data.val)} val) · {device} · "
-                  f"{cpu_threads}{data_note(data)} · run folder {run_dir}", soft_wrap=True)
+                  f"{cpu_threads} · {precision} ({why}){data_note(data)} · run folder {run_dir}",
+                  soft_wrap=True)
     main = distributed.is_main()   # only rank 0 writes frames, metrics and checkpoints
     frames = FrameWriter(data, run_dir / "frames", probe_size=cfg.frames.probe_size,
                          size=cfg.frames.size, seed=cfg.seed) if cfg.frames.enabled and main else None
@@ -96,7 +102,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
     trackers.start(config, rows, epoch=start, step=start * steps + (partial["step"] if partial else 0))
 
     net = st.compiled(distributed.wrap(model, n, bs), cfg.train.compile)  # DDP under torchrun
-    autocast = st.autocast(cfg.train.precision, device)   # bf16 on CUDA by default
+    autocast = st.autocast(precision, device)   # the precision decided above
     last_pt = run_dir / "checkpoints" / "last.pt"
     state = lambda epoch, partial=None: resume.training_state(
         epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, gen=gen, frames=frames,
