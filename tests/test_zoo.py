@@ -82,7 +82,8 @@ def _data(shapes, n=4):
 def compatible(model, net, loss, data, out_shape) -> bool:
     """What each loss needs, stated independently of the code under test."""
     variational = model in ("vae", "conv_vae")
-    if loss in ("vae", "vae_cb", "iwae", "btcvae", "factorvae", "dipvae", "beta_vae_capacity"):
+    if loss in ("vae", "vae_cb", "iwae", "btcvae", "factorvae", "dipvae", "beta_vae_capacity",
+                "info_vae"):
         # a posterior mu, logvar
         return variational
     if loss == "vqvae":                                  # codes from a codebook
