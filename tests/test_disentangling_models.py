@@ -12,13 +12,15 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import open_dict
 
 from aexp import checkpoint
 from aexp.assemble import build_loss
 from aexp.errors import ConfigError, Interrupted
 from aexp.io import read_csv
-from aexp.losses import DIP, CapacityKL, FactorTC, Loss, Term, dip_covariance, dip_penalty, permute_dims
+from aexp.losses import (DIP, CapacityKL, Critic, FactorTC, Loss, Term, dip_covariance, dip_penalty,
+                         permute_dims)
 from aexp.models import Output
 from aexp.run.train import train
 from conftest import ROOT, aexp, options
@@ -102,6 +104,38 @@ def test_the_optimizer_comes_from_config_and_the_code_size_from_the_model(compos
     assert tc.net[0].in_features == 5 and tc.net[0].out_features == 8
     ids = {id(p) for p in tc.net.parameters()}
     assert ids == {id(p) for g in tc.optimizer.param_groups for p in g["params"]}
+
+
+class PatchCritic(Critic):
+    """The docs' example of a user's own adversarial term (explanation/disentangling-models.md):
+    a hinge patch critic on the reconstructions, stepped by the same loop."""
+
+    def __init__(self, weight=0.1, channels=1, width=8, optimizer=None):
+        net = torch.nn.Sequential(torch.nn.Conv2d(channels, width, 4, 2, 1), torch.nn.LeakyReLU(0.2),
+                                  torch.nn.Conv2d(width, 1, 4, 1, 1))
+        super().__init__(weight, net, optimizer)
+
+    def __call__(self, out, x, y, model, reduction):
+        return -self.net(out.x_hat).flatten(1).mean(1)
+
+    def critic_loss(self, out, x, y, model):
+        real, fake = self.net(y), self.net(out.x_hat.detach().float())
+        loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        return loss, {"margin": (real.mean() - fake.mean()).detach()}
+
+
+def test_a_users_own_critic_is_configuration_and_learns(compose_cfg, tmp_path):
+    cfg = compose_cfg(["dataset=digits", "model=conv", "model.channels=[8,16]", "loss=bce",
+                       "train.epochs=3", "train.threads=1", "frames.enabled=false", "eval.enabled=false",
+                       "device=cpu", "+loss.terms.critic={_target_: test_disentangling_models.PatchCritic, "
+                       "optimizer: {_target_: torch.optim.Adam, lr: 2.0e-4, betas: [0.5, 0.9]}}"])
+    train(cfg, tmp_path / "run")
+    rows = read_csv(tmp_path / "run" / "metrics.csv")
+    margin = [float(r["train_critic_margin"]) for r in rows]
+    assert margin[-1] > margin[0] and margin[-1] > 0.02, margin    # scores targets above outputs
+    saved = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert set(saved["loss"]["critic"]) == {"net", "optimizer"} and saved["loss"]["critic"]["optimizer"]["state"]
+    assert not any(k.startswith("critic") or "net." in k for k in saved["model"])   # not the model's
 
 
 class KillAt(Term):
