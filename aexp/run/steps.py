@@ -98,8 +98,9 @@ def labels(split, idx):
 
 def autocast(precision: str, device: torch.device):
     """The context the training forward and loss run in: bf16 autocast, or nothing (fp32).
-    `auto` means bf16 on CUDA (its tensor cores) and fp32 on the CPU, where bf16 matmuls are
-    rarely faster. One code path: the loop always enters this context."""
+    train() passes the precision aexp.run.precision decided (`auto` on the CPU: bf16 where the
+    CPU has AMX-BF16 and the step is big enough); `auto` given here is the plain rule, bf16 on
+    CUDA, fp32 on the CPU. One code path: the loop always enters this context."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
