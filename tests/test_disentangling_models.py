@@ -116,7 +116,7 @@ class PatchCritic(Critic):
         super().__init__(weight, net, optimizer)
 
     def __call__(self, out, x, y, model, reduction):
-        return -self.net(out.x_hat).flatten(1).mean(1)
+        return -self.held(out.x_hat).flatten(1).mean(1)
 
     def critic_loss(self, out, x, y, model):
         real, fake = self.net(y), self.net(out.x_hat.detach().float())

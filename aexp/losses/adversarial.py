@@ -34,11 +34,18 @@ class Critic(Term):
         """(the critic's scalar loss on this batch, {name: value to log})."""
         raise NotImplementedError
 
+    def held(self, *inputs) -> torch.Tensor:
+        """The critic's output with its weights held fixed, for the model's loss: gradients
+        reach the inputs (and so the model) but are not computed for the critic's weights,
+        which only its own optimiser steps."""
+        fixed = {n: p.detach() for n, p in self.net.named_parameters()}
+        return torch.func.functional_call(self.net, fixed, inputs)
+
     def update(self, out, x, y, model) -> dict:
         # In fp32 whatever the model's precision: the critic's step is outside its autocast.
         loss, logged = self.critic_loss(out, x, y, model)
-        # set_to_none also drops what the model's backward left on the critic's weights (the
-        # model's loss goes through the critic; those gradients are not the critic's)
+        # set_to_none also drops anything the model's backward left on the critic's weights (a
+        # subclass scoring with `self.net` rather than `held`): those gradients are not its own
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.net)
@@ -94,9 +101,9 @@ class FactorTC(Critic):
     A discriminator D tells codes z ~ q(z) (label 1) from dimension-wise permuted codes (label 0);
     its logit log D(z)/(1 - D(z)) estimates log q(z) / Π q(z_j), so the value per sample is the
     logit on that sample's code, whose batch mean (`tc`) estimates TC. The model minimises it
-    through z (the discriminator is held fixed in the model's step: only its own optimiser
-    steps it). The discriminator trains on this batch's codes, detached, against their own
-    permutation (the paper permutes a second batch; one batch halves the encoder passes).
+    through z, the discriminator held fixed (`held`): only its own optimiser steps it. The
+    discriminator trains on this batch's codes, detached, against their own permutation (the
+    paper permutes a second batch; one batch halves the encoder passes).
     Logged: `disc_loss` (its binary cross-entropy) and `disc_acc` (its accuracy on the batch,
     real and permuted halves weighted equally; 0.5 is chance, before its step)."""
 
@@ -119,7 +126,7 @@ class FactorTC(Critic):
         return z
 
     def __call__(self, out, x, y, model, reduction):
-        return self.net(self._code(out)).squeeze(1).float()
+        return self.held(self._code(out)).squeeze(1).float()
 
     def critic_loss(self, out, x, y, model):
         z = self._code(out).detach().float()
