@@ -305,3 +305,31 @@ def test_factorvae_stopped_by_sigterm_resumes_exactly_with_aexp_train_resume(tmp
     assert_equal_state(a["loss"], b["loss"])
     strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
     assert strip(read_csv(tmp_path / "whole" / "metrics.csv")) == strip(read_csv(run / "metrics.csv"))
+
+
+AVERAGE = """
+import sys, torch
+from aexp.losses.adversarial import average_gradients
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+net = torch.nn.Linear(2, 1)
+for p in net.parameters():
+    p.grad = torch.full_like(p, float(rank + 1))
+average_gradients(net)
+torch.save([p.grad for p in net.parameters()], f"{out}.{rank}")
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_under_torchrun_a_critics_gradients_are_averaged_over_processes(tmp_path):
+    """Each process trains its copy of the critic on its shard: averaged gradients keep the
+    copies equal (1 and 2 -> 1.5 on both). Two gloo processes, as torchrun would start."""
+    procs = [subprocess.Popen([sys.executable, "-c", AVERAGE, str(rank), str(tmp_path / "store"),
+                               str(tmp_path / "grads")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+    for rank in (0, 1):
+        for g in torch.load(tmp_path / f"grads.{rank}"):
+            assert torch.equal(g, torch.full_like(g, 1.5))
