@@ -56,6 +56,11 @@ def test_a_vae_samples_its_own_prior_and_keeps_other_samplers(vae_run, capsys):
     assert code == 0, err
     section = json.loads((vae_run / "eval.json").read_text())["samplers"]
     assert "N(0, I)" in section["prior"]["from"] and "gmm" in section
+    for name in ("two_stage", "flow"):                     # the trained ones, a few steps each
+        code, err = run_cli(["sample", vae_run, "--sampler", name, "steps=30", "-n", "50"], capsys)
+        assert code == 0, err
+        entry = json.loads((vae_run / "eval.json").read_text())["samplers"][name]
+        assert entry["code_dim"] == 4 and np.isfinite(entry["train_log_likelihood"])
 
 
 def test_crafted_sampler_file_and_impossible_samplers_are_refused_in_one_line(vae_run, capsys, tmp_path):

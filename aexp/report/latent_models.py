@@ -53,7 +53,7 @@ class Standardised(Sampler):
 
     def _train(self, x: torch.Tensor) -> None:
         s = self.settings
-        with torch.random.fork_rng(devices=[]):
+        with torch.enable_grad(), torch.random.fork_rng(devices=[]):   # (callers may be in no_grad)
             torch.manual_seed(s["seed"])
             self.dim, self.net = x.shape[1], self.build(x.shape[1])
             opt = torch.optim.Adam(self.net.parameters(), lr=s["lr"])
