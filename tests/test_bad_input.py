@@ -158,6 +158,11 @@ CASES = [
     (["train", "loss=perceptual"], "perceptual loss needs exactly one feature network"),
     (["train", "loss=perceptual", "loss.terms.perceptual.weights={r}/nowhere.pt"],
      "perceptual loss: no such weights file"),
+    (["train", "loss=factorvae"], "needs a VAE"),
+    (["train", "model=vae", "loss=factorvae", "~loss.terms.tc.optimizer"], "needs its own optimizer"),
+    (["train", "model=vae", "loss=dipvae", "loss.terms.dip.type=iii"], "dipvae type must be one of i, ii"),
+    (["train", "model=vae", "loss=beta_vae_capacity", "loss.terms.capacity.c_max=-1"],
+     "capacity c_max and anneal_steps must be >= 0"),
     # data
     (["train", "dataset=image_folder", "dataset.root={r}/nowhere"], "image folder not found"),
     (["train", "dataset=image_folder", "dataset.root={r}/empty_run"], "is empty"),
