@@ -64,6 +64,8 @@ examples:
   aexp summary multirun/2026-01-01/12-00-00_b71c --metric best_val_loss
   aexp explore outputs/2026-01-01/12-00-00_3f9a --projection tsne
   aexp export outputs/2026-01-01/12-00-00_3f9a --format onnx
+  aexp sample outputs/2026-01-01/12-00-00_3f9a --sampler gmm k=20
+  aexp prior outputs/2026-01-01/12-00-00_3f9a epochs=30
   aexp init myproject
   aexp train model=my_ae dataset=my_data loss=my_loss --project myproject
   aexp check-model my_ae dataset=my_data --project myproject
