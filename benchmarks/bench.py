@@ -55,9 +55,14 @@ QUICK = {"epochs": 2, "parity_rounds": 1, "storage_images": 5000, "busy_epochs":
 THREADS = ["train.threads=null"]
 
 
+# aexp's runs here train in fp32 unless a row says otherwise (a later override wins), as the loops
+# they are compared with do: `auto` would pick bf16 on an AMX-BF16 CPU (--only precision has those rows)
+PRECISION = ["train.precision=fp32"]
+
+
 def compose(overrides):
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=[*overrides, *THREADS])
+        return hydra_compose(config_name="config", overrides=[*PRECISION, *overrides, *THREADS])
 
 
 def synthetic_mnist(root: Path, n_train=60000, n_test=10000) -> Path:
