@@ -20,7 +20,7 @@ python: [src]         # folders put on sys.path: src/my_project imports as my_pr
 MODEL_YAML = """\
 # A tiny dense autoencoder (src/my_project/models.py). in_shape / out_shape come from the data.
 _target_: my_project.models.TinyAE
-hidden: 64                 # width of the one hidden layer, each way
+hidden: 128                # width of the one hidden layer, each way
 latent_dim: 2              # the code: 2 draws the latent plane directly
 """
 
@@ -65,7 +65,7 @@ from aexp.models import Autoencoder
 class TinyAE(Autoencoder):
     """Flatten -> hidden -> code -> hidden -> sigmoid image."""
 
-    def __init__(self, in_shape, out_shape, hidden: int = 64, latent_dim: int = 2):
+    def __init__(self, in_shape, out_shape, hidden: int = 128, latent_dim: int = 2):
         super().__init__()
         self.out_shape = tuple(out_shape)
         self.latent_dim = latent_dim
