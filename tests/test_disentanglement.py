@@ -1,6 +1,7 @@
 """The dSprites-like generator (deterministic, the whole factor grid, each factor moving the image
 as it should) and the disentanglement metrics on hand-made codes whose answers are known; one
 tiny `aexp train` + `aexp eval` writing eval.json's disentanglement section."""
+import hashlib
 import json
 import math
 
@@ -12,6 +13,7 @@ from aexp.data import dsprites
 from aexp.data import sprites as gen
 from aexp.errors import ConfigError
 from aexp.report import disentangle as dm
+from aexp.report import factors as factors_of
 from conftest import run_cli
 
 SMALL = {"orientation": 8, "pos_x": 8, "pos_y": 8, "scale": [0, 5]}    # 480 images
@@ -25,7 +27,8 @@ def test_the_grid_is_dsprites_factor_grid():
     assert len(np.unique(f, axis=0)) == len(f)              # every combination exactly once
     assert [len(np.unique(f[:, k])) for k in range(5)] == gen.SIZES
     assert gen.FACTORS["scale"][0] == 0.5 and gen.FACTORS["scale"][-1] == 1.0
-    assert gen.FACTORS["orientation"][-1] < 2 * math.pi and gen.FACTORS["orientation"][1] == pytest.approx(2 * math.pi / 40)
+    angles = gen.FACTORS["orientation"]
+    assert angles[-1] < 2 * math.pi and angles[1] == pytest.approx(2 * math.pi / 40)
     assert (f[1] - f[0]).tolist() == [0, 0, 0, 0, 1]        # dSprites' order: pos_y fastest
     sub = gen.grid(gen.choose({"orientation": 4, "pos_x": [0, 31], "shape": [2]}))
     assert len(sub) == 1 * 6 * 10 * 2 * 32 and set(sub[:, 3]) == {0, 31} and set(sub[:, 0]) == {2}
@@ -37,7 +40,7 @@ def test_the_images_are_deterministic_binary_and_pinned():
     assert a.shape == (480, 1, 64, 64) and a.dtype == np.uint8
     assert set(np.unique(a)) == {0, 255}
     assert gen.content_hash(a) == gen.content_hash(b) == SMALL_SHA256
-    assert gen.content_hash(a) == __import__("hashlib").sha256(a.tobytes()).hexdigest()
+    assert gen.content_hash(a) == hashlib.sha256(a.tobytes()).hexdigest()
 
 
 def centroid(img):
@@ -162,7 +165,7 @@ def test_single_valued_factors_are_left_out():
 
 
 # -- end to end ---------------------------------------------------------------------------------
-def test_train_then_eval_writes_the_disentanglement_section(tmp_path, capsys):
+def test_train_then_eval_writes_the_disentanglement_section(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     code, err = run_cli(["train", "model=vae", "dataset=dsprites", "dataset.subset.orientation=10",
                          "dataset.subset.pos_x=8", "dataset.subset.pos_y=8", "dataset.subset.scale=2",
@@ -185,4 +188,9 @@ def test_train_then_eval_writes_the_disentanglement_section(tmp_path, capsys):
     assert d["samples"] == rep["n_test"] == 230 and len(d["mutual_information"]) == 4
     assert "sha256" in d["data"] and set(d["estimators"]) >= {"mig", "dci", "sap", "factorvae", "betavae"}
     assert d["estimators"]["settings"]["bins"] == 20
-    assert {"mutual_information.png", "latent_traversal_factors.png"} <= {p.name for p in (run / "pictures").iterdir()}
+    drawn = {p.name for p in (run / "pictures").iterdir()}
+    assert {"mutual_information.png", "latent_traversal_factors.png"} <= drawn
+    monkeypatch.setattr(factors_of, "MAX_UNITS", 3)              # a code too wide: said, not scored
+    code, err = run_cli(["eval", str(run), "--nll-samples", "0", "--no-pictures"], capsys)
+    rep = json.loads((run / "eval.json").read_text())
+    assert code == 0 and "4 units" in rep["disentanglement"]["note"] and "ceiling" not in rep

@@ -17,6 +17,9 @@ from aexp.report.pictures import decode
 from aexp.report.plots import _pyplot, _save
 
 
+MAX_UNITS = 256    # wider codes (a conv AE's feature map) are no set of units to score one by one
+
+
 def settings(ev) -> dict:
     """The estimator settings from `eval.disentanglement` (and eval.seed)."""
     own = dict(ev.get("disentanglement") or {})
@@ -38,9 +41,13 @@ def section(run, pred: dict, ev, report: dict) -> dict:
     report["baseline"]["random_encoder"], the true factors' to report["ceiling"]["true_factors"]."""
     data = run.data
     factors, names = data.test.factors.cpu().numpy(), list(data.factor_names)
+    codes = codes_of(pred).numpy()
+    if codes.shape[1] > MAX_UNITS:
+        return {"note": f"not scored: a code of {codes.shape[1]} units (these metrics read units one "
+                        f"by one; at most {MAX_UNITS})"}
     s = settings(ev)
     score = lambda codes: disentangle.score_all(codes, factors, s, names)
-    out = score(codes_of(pred).numpy())
+    out = score(codes)
     random = score(random_encoder_codes(run, int(ev.seed), int(ev.batch_size)).numpy())
     ceiling = score(factors.astype(np.float64))
     for scores in (random, ceiling):
@@ -75,7 +82,7 @@ def random_encoder_codes(run, seed: int, batch_size: int) -> torch.Tensor:
 def pictures(run, pred: dict, report: dict, rows: int = 10, steps: int = 9) -> list:
     """The heat map and the labelled traversal, when the report has a disentanglement section."""
     sec = report.get("disentanglement")
-    if not sec:
+    if not sec or "mutual_information" not in sec:
         return []
     out = run.run_dir / "pictures"
     mi, names = np.asarray(sec["mutual_information"]), sec["factors"]
