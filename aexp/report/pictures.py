@@ -90,8 +90,9 @@ def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
         files += denoising(out, data, model, seed)
     if task == "reconstruct" and model.codebook_size is not None:
         report.setdefault("notes", []).append(
-            "no samples.png or latent_traversal.png: a VQ code has no prior to sample from (that "
-            "takes a second model over the code indices, e.g. a PixelCNN) and no continuous units to sweep")
+            "no samples.png or latent_traversal.png: a VQ code has no prior of its own (train a "
+            "PixelCNN over its code indices with `aexp prior RUN_DIR`, then draw with `aexp sample "
+            "RUN_DIR --sampler prior`) and no continuous units to sweep")
         files += interpolations(out, model, data, pred, seed)
     elif task == "reconstruct":   # a colourisation decoder's a,b mean nothing without an L input
         files += decoder_pictures(out, model, data, pred, seed)
