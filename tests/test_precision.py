@@ -159,3 +159,18 @@ def test_explicit_bf16_run_resumes_exactly(tmp_path, capsys):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"]
     assert _info(tmp_path / "split")["precision"] == "bf16"
+
+
+def test_bench_precision_rows_run_and_name_the_cpu(monkeypatch):
+    """`make bench --only precision`'s rows, one step of two small families (a check of the
+    script, not a measurement)."""
+    from conftest import ROOT
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench
+    import precision as bench_precision
+    monkeypatch.setattr(prec, "cpu_info", lambda: AMX)
+    names = {"colours linear 3-2-3 (the default run)", "small MLP 784-64-2"}
+    out = bench_precision.precision_rows(bench.compose, steps=1, warmup=0, families=names)
+    assert set(out["rows"]) == names and all(r["speedup"] > 0 for r in out["rows"].values())
+    text = "\n".join(bench_precision.markdown(out, None))
+    assert "test CPU · amx_bf16 yes · avx512_bf16 yes" in text and "| small MLP 784-64-2 (64) |" in text
