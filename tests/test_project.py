@@ -151,3 +151,13 @@ def test_the_python_api_opens_the_projects_runs(trained, monkeypatch):
     monkeypatch.chdir(trained.parent)
     with pytest.raises(ConfigError, match="my_project"):
         api.load_run(trained / "outputs" / "first")
+
+
+def test_a_project_run_resumes_from_the_project_without_trust(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(trust.ENV, raising=False)
+    monkeypatch.delenv(project.ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    run = _copy(trained / "outputs" / "first", tmp_path / "run")
+    code, err = run_cli(["train", f"resume={run}", "train.epochs=2", "--project", trained], capsys)
+    assert code == 0, err[-800:]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3   # header + epochs 1 and 2
