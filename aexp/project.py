@@ -10,7 +10,9 @@ The project is the one named by `--project DIR` (the CLI sets AEXP_PROJECT for t
 $AEXP_PROJECT, else the nearest folder at or above the current one holding an aexp.yaml; none is
 fine (aexp alone). Opening it puts its `python` folders on sys.path and its `conf` on Hydra's
 search path (aexp's own options come first); aexp.trust reads its `trust` list, so run folders
-opened from the project may name its classes without --trust. Only plain YAML is read here (no
+opened from the project may name its classes without --trust. The list may name only packages
+inside the project's python folders: a folder someone sent with an aexp.yaml trusting `os` or
+`torch` cannot widen what its run folders may call. Only plain YAML is read here (no
 torch, no Hydra): every command may call it."""
 import os
 import re
@@ -36,7 +38,12 @@ class Project:
     python: tuple = ()         # folders put on sys.path
 
     def trusts(self, target: str) -> bool:
-        """Whether `target` (a dotted name) lies under one of the declared prefixes."""
+        """Whether `target` (a dotted name) lies under one of the declared prefixes, and its
+        package, when already imported, is the project's own copy (not one of the same name)."""
+        top = sys.modules.get(target.split(".")[0])
+        where = getattr(top, "__file__", None) if top else None
+        if top is not None and not (where and any(Path(where).resolve().is_relative_to(f) for f in self.python)):
+            return False
         return any(target == p or target.startswith(p + ".") for p in self.trust)
 
     def searchpath_override(self) -> list[str]:
@@ -85,13 +92,20 @@ def read(root: Path) -> Project:
     if bad:
         raise ConfigError(f"{path}: trust lists {bad[0]!r}, which is not a module or package name "
                           f"(e.g. my_project or my_project.models)")
+    python = tuple((root / p).resolve() for p in python)
+    for prefix in trust:   # a project trusts its own code only: not os, torch or an installed package
+        top = prefix.split(".")[0]
+        if top in sys.stdlib_module_names or not any((f / top).is_dir() or (f / f"{top}.py").is_file()
+                                                     for f in python):
+            raise ConfigError(f"{path}: trust lists {prefix!r}, but {top} is not a package of this "
+                              f"project's python folders ({', '.join(map(str, python)) or 'none listed'}); "
+                              f"a project may trust its own code only (--trust opens anything else)")
     conf = raw.get("conf", "conf")
     if not isinstance(conf, str):
         raise ConfigError(f"{path}: conf must be a folder name, got {conf!r}")
     conf_path = (root / conf).resolve()
     return Project(root=root, name=str(raw.get("name") or root.name), trust=tuple(trust),
-                   conf=conf_path if conf_path.is_dir() else None,
-                   python=tuple((root / p).resolve() for p in python))
+                   conf=conf_path if conf_path.is_dir() else None, python=python)
 
 
 def current() -> Project | None:

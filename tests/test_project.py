@@ -53,8 +53,14 @@ def test_init_refuses_a_non_empty_folder(tmp_path, capsys):
 
 
 def _project(root, trusts, python=("src",)):
+    """A project folder trusting `trusts`, each prefix's package present in its first python folder."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "aexp.yaml").write_text(json.dumps({"trust": list(trusts), "python": list(python)}))
+    for prefix in trusts:
+        package = root / python[0] / prefix.split(".")[0]
+        if not package.exists():
+            package.mkdir(parents=True)
+            (package / "__init__.py").write_text("")
+    (root / "aexp.yaml").write_text(json.dumps({"trust": list(trusts), "python": [str(p) for p in python]}))
     return root
 
 
@@ -86,6 +92,8 @@ def test_trust_by_declaration_is_by_prefix_of_dotted_names(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("text, words", [
     ("trust: [os.system(1)]", "not a module or package name"),
+    ("trust: [os]\npython: [.]", "os is not a package of this project"),
+    ("trust: [torch]\npython: [.]", "torch is not a package of this project"),
     ("trust: ['']", "not a module or package name"),
     ("trsut: [x]", "unknown field trsut"),
     ("python: 3", "python must be a list of strings"),
@@ -120,7 +128,7 @@ def test_a_run_is_opened_only_from_a_project_declaring_its_classes(trained, tmp_
     monkeypatch.chdir(tmp_path)
     run = _copy(trained / "outputs" / "first", tmp_path / "run")
     src = str(trained / "src")
-    others = _project(tmp_path / "others", ["their_lab"], python=[src])
+    others = _project(tmp_path / "others", ["their_lab"], python=["lib", src])
     declares = _project(tmp_path / "declares", ["my_project.models", "my_project.data",
                                                 "my_project.losses.EdgeL1"], python=[src])
     for opened in ([], ["--project", others]):
