@@ -68,6 +68,18 @@ def test_prior_beats_a_uniform_prior_and_the_unigram_and_samples(vq_run, tmp_pat
     assert code == 2 and "unknown setting 'nonsense=1'" in err
 
 
+def test_a_crafted_prior_checkpoint_is_refused_before_anything_is_built(vq_run, tmp_path, capsys):
+    run = tmp_path / "vq"
+    shutil.copytree(vq_run, run)
+    code, err = run_cli(["sample", run, "--sampler", "prior"], capsys)
+    assert code == 2 and "no code prior yet" in err and f"aexp prior {run}" in err
+    checkpoint.save(run / "prior" / "checkpoints" / "best.pt",
+                    {"model": {}, "config": {"model": {"_target_": "os.system", "command": "true"}}})
+    code, err = run_cli(["sample", run, "--sampler", "prior"], capsys)
+    assert code == 2 and "'os.system', which is not one of aexp's own targets" in err
+    assert err.count("\n") == 1
+
+
 def test_a_continuous_code_has_no_code_prior_to_train(tmp_path, capsys):
     run = tmp_path / "ae"
     code, err = run_cli(["train", "model=mlp", *VQ[1:2], *VQ[5:], f"hydra.run.dir={run}"], capsys)

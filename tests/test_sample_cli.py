@@ -79,11 +79,13 @@ def test_crafted_sampler_file_and_impossible_samplers_are_refused_in_one_line(va
 
 def test_eval_scores_the_samplers_it_is_given_and_a_plain_ae_has_no_prior(tmp_path, capsys):
     run = tmp_path / "ae"
-    code, err = run_cli(["train", "model=mlp", "model.latent_dim=3", *TINY, "eval.samplers=[normal]",
+    code, err = run_cli(["train", "model=mlp", "model.latent_dim=3", *TINY, "eval.samplers=[normal,prior]",
                          "eval.sampler_images=60", "eval.nll_samples=0", f"hydra.run.dir={run}"], capsys)
     assert code == 0, err
     report = json.loads((run / "eval.json").read_text())
     assert set(report["samplers"]) >= {"normal", "baseline", "reference"}
+    # a sampler this run cannot have is skipped with its reason: the training succeeded
+    assert "no prior to sample" in report["samplers"]["prior"]["skipped"]
     assert (run / "pictures" / "samples_normal.png").is_file()
     code, err = run_cli(["sample", run, "--sampler", "prior"], capsys)
     assert code == 2 and "no prior to sample" in err

@@ -83,7 +83,10 @@ def fitted(run, name: str, overrides=(), log=print) -> tuple:
     path = run.run_dir / "samplers" / f"{name}.pt"
     epoch = run.state.get("epoch")
     if path.is_file():
-        sampler, meta = samplers.load(path, table())
+        try:
+            sampler, meta = samplers.load(path, table())
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; delete it to fit the sampler anew") from None
         if meta.get("epoch") == epoch and sampler.settings == fresh.settings:
             return sampler, {"file": f"samplers/{name}.pt", **meta}
     codes = training_codes(run, seed=0)
@@ -136,15 +139,26 @@ def draw_codes(run, name: str, n: int, gen: torch.Generator, overrides=(), log=p
     return vectors.permute(0, 3, 1, 2).flatten(1), {**entry, "from": "the PixelCNN code prior"}
 
 
-def section(run, ev, which, overrides=None, log=print) -> dict:
+def section(run, ev, which, overrides=None, log=print, strict: bool = False) -> dict:
     """The `samplers` section of eval.json for the sampler names `which` (overrides: NAME ->
-    key=value settings); also writes each one's samples and picture."""
+    key=value settings); also writes each one's samples and picture. A sampler this run cannot
+    have (a plain AE's prior, a VQ prior not trained yet) is refused when `strict` (`aexp
+    sample`), else skipped with the reason (`eval.samplers`, after a training that succeeded)."""
+    out, usable = {}, []
     for name in which:
-        check_name(name, run)
+        try:
+            check_name(name, run)
+            if name == "prior" and run.model.codebook_size is not None:
+                pixelcnn(run)
+            usable.append(name)
+        except (ConfigError, CheckpointError) as e:
+            if strict:
+                raise
+            out[name] = {"skipped": str(e)}
     n, seed = int(ev.sampler_images), int(ev.seed)
     judge = Judge(run, ev, n, log)
-    out = {"images": n, "k": int(ev.pr_k), "reference": judge.reference, "baseline": judge.floors()}
-    for name in which:
+    out = {"images": n, "k": int(ev.pr_k), "reference": judge.reference, "baseline": judge.floors(), **out}
+    for name in usable:
         gen = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         codes, entry = draw_codes(run, name, n, gen, (overrides or {}).get(name, ()), log)
@@ -225,7 +239,8 @@ def main(argv: list[str]) -> int:
     if args.images is not None:
         ev.sampler_images = args.images
     check_values(OmegaConf.create({"eval": ev}))
-    part = section(run, ev, [args.sampler], {args.sampler: args.settings}, log=lambda m: print(m, flush=True))
+    part = section(run, ev, [args.sampler], {args.sampler: args.settings}, log=lambda m: print(m, flush=True),
+                   strict=True)
     path = merge_into_eval_json(run.run_dir, part)
     entry = part[args.sampler]
     shown = {k: entry[k] for k in ("precision", "recall", "fid_classifier") if k in entry}
