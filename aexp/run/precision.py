@@ -50,7 +50,7 @@ MIN_STEP_FLOPS = 200e6
 
 def legacy(device) -> str:
     """What `auto` meant before the CPU rule: bf16 on CUDA, fp32 on the CPU. A run saved then
-    (its checkpoint records no precision) resumes in it."""
+    (its folder has no run_info.json) resumes in it."""
     return "bf16" if device.type == "cuda" else "fp32"
 
 
@@ -58,8 +58,9 @@ def resolve(setting: str, device, step_flops=None, recorded: str | None = None,
             info: dict | None = None) -> tuple[str, str]:
     """(precision, why) a run trains in: fp32 or bf16. `setting` is train.precision;
     `step_flops` a callable giving a training step's forward FLOPs (returning None when
-    unknown; only called when the rule needs it); `recorded` the precision the run being resumed trained in
-    (`auto` keeps it, so a resume on another machine never changes the arithmetic silently);
+    unknown; only called when the rule needs it); `recorded` the precision the run being
+    resumed trained in (`auto` keeps it, so a resume on another machine never changes the
+    arithmetic silently);
     `info` this CPU's `cpu_info()` (read when None)."""
     if setting in ("fp32", "bf16"):
         changed = f"; the run trained in {recorded} before" if recorded and recorded != setting else ""
