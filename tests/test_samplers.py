@@ -146,3 +146,10 @@ def test_the_pixel_gaussian_floor_matches_the_pixel_statistics():
     draws = sm.pixel_gaussian(train, 4000, torch.Generator().manual_seed(1))
     assert draws.shape == (4000, 1, 4, 4) and draws.min() >= 0 and draws.max() <= 1
     torch.testing.assert_close(draws.mean(0), train.mean(0), atol=0.02, rtol=0)
+
+
+def test_the_flow_refuses_a_code_too_wide_to_sample_in_one_line():
+    from aexp.errors import ConfigError
+    with pytest.raises(ConfigError, match="too wide") as err:
+        MAF(max_dim=4).fit(torch.randn(10, 5))
+    assert "\n" not in str(err.value)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aexp.errors import ConfigError
 from aexp.report.samplers import Sampler, _shape, _tensors
 
 
@@ -163,8 +164,16 @@ class MAF(Standardised):
     """`layers` MADE layers of `hidden` units, the dimension order reversed between layers."""
 
     def __init__(self, layers: int = 4, hidden: int = 64, steps: int = 600, lr: float = 1e-3,
-                 batch: int = 256, seed: int = 0):
-        super().__init__(steps, lr, batch, seed, layers=int(layers), hidden=int(hidden))
+                 batch: int = 256, seed: int = 0, max_dim: int = 256):
+        super().__init__(steps, lr, batch, seed, layers=int(layers), hidden=int(hidden),
+                         max_dim=int(max_dim))
+
+    def fit(self, codes):
+        if codes.shape[1] > self.settings["max_dim"]:   # sampling costs layers x dim passes
+            raise ConfigError(f"the flow sampler draws one code value at a time: a {codes.shape[1]}-value "
+                              f"code is too wide (max_dim={self.settings['max_dim']}); give the model a "
+                              "dense bottleneck (model.latent_dim) or use gmm or two_stage")
+        return super().fit(codes)
 
     def build(self, dim):
         return nn.ModuleList([MADE(dim, self.settings["hidden"]) for _ in range(self.settings["layers"])])

@@ -46,6 +46,9 @@ def table() -> dict:
 def check_name(name: str, run) -> None:
     if name not in names():
         raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(names())}")
+    if run.data.task.name != "reconstruct":
+        raise ConfigError(f"samples need a run that reconstructs its input; {run.run_dir}'s task is "
+                          f"{run.data.task.name} (its decoder's output means nothing without an input)")
     if name == "vamp":
         raise ConfigError("--sampler vamp needs a VampPrior VAE, and aexp has no such model yet")
     if name == "prior" and run.model.codebook_size is None and not own_prior(run):
