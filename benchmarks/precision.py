@@ -2,7 +2,8 @@
 model family, and torch.compile (inductor) on the CPU for the small models.
 
 Precision: for each family (dense MLP, conv AE, pooling CNN, ResNet AE, VQ-VAE, the published
-32x32 baseline) two copies of one model from one seed train on the same batches of smooth random
+32x32 baseline, and two small models where bf16 does not pay: the default colours model and a
+784-64-2 MLP) two copies of one model from one seed train on the same batches of smooth random
 images, one step of each in turn (A B A B in one process, so a slow spell of a shared machine
 lands on both). Each step runs the way aexp's loop runs it: the config's loss and optimiser, the
 memory layout `train.channels_last=auto` picks, the forward and loss inside
@@ -73,7 +74,7 @@ def _step(model, loss_fn, opt, ctx, x, y) -> tuple[float, float]:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return time.perf_counter() - t0, float(loss)
+    return time.perf_counter() - t0, float(loss.detach())
 
 
 @torch.no_grad()
