@@ -61,7 +61,8 @@ def train_args(folder: Path, cache: Path, mode: str, epochs: int, run: Path, *ex
     return ["train", "dataset=image_folder", f"dataset.root={folder}", "dataset.size=64",
             f"dataset.cache_dir={cache}", f"dataset.storage={mode}", "model=conv", "loss=bce",
             f"train.epochs={epochs}", "train.batch_size=128", "frames.enabled=false",
-            "eval.enabled=false", "device=cpu", f"hydra.run.dir={run}", *extra]
+            "eval.enabled=false", "device=cpu", "train.precision=fp32",   # as the figures before auto's CPU rule
+            f"hydra.run.dir={run}", *extra]
 
 
 def throughput_rows(folder: Path, images: int, cache: Path, epochs: int, rounds: int, work: Path) -> dict:
