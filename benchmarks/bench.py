@@ -55,9 +55,10 @@ QUICK = {"epochs": 2, "parity_rounds": 1, "storage_images": 5000, "busy_epochs":
 THREADS = ["train.threads=null"]
 
 
-# aexp's runs here train in fp32 unless a row says otherwise (a later override wins), as the loops
-# they are compared with do: `auto` would pick bf16 on an AMX-BF16 CPU (--only precision has those rows)
-PRECISION = ["train.precision=fp32"]
+# main() makes aexp's runs here train in fp32 unless a row says otherwise (a later override wins),
+# as the loops they are compared with do: `auto` would pick bf16 on an AMX-BF16 CPU (--only
+# precision has those rows). bench_gpu.py, which imports compose, keeps auto.
+PRECISION = []
 
 
 def compose(overrides):
@@ -235,6 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated rows to run: models, dense_step, channels_last, frames, "
                                    "render, busy, sweep, parity, storage, precision, compile (default: all)")
     args = ap.parse_args(argv)
+    PRECISION[:] = ["train.precision=fp32"]
     for key, value in QUICK.items() if args.quick else ():
         if getattr(args, key) == ap.get_default(key):   # a value given on the command line wins
             setattr(args, key, value)
