@@ -86,6 +86,22 @@ def test_the_dataset_is_cached_split_and_labelled_by_its_factors(tmp_path, capsy
     assert len(list(tmp_path.glob("dsprites-*.npy"))) == 1
 
 
+def test_the_coloured_variant_paints_each_shape_in_its_hue(tmp_path):
+    data = dsprites(SMALL, test_size=0.5, cache_dir=str(tmp_path), colors=3)
+    assert data.factor_names == ["colour", *gen.FACTORS] and data.factor_sizes[0] == 3
+    assert "colour" in data.name and data.content_hash != SMALL_SHA256
+    test = data.to("cpu").test
+    x, f = test.x.numpy(), test.factors.numpy()
+    assert x.shape == (len(f), 3, 64, 64) and set(f[:, 0]) == {0, 1, 2}
+    grey = gen.render(f[:, 1:])                                   # the same shapes, in colour
+    assert np.array_equal((x.max(1, keepdims=True) > 0) * 255, grey)
+    for img, c in zip(x[:20], f[:20, 0]):
+        on = img.max(0) > 0
+        assert on.any() and (img[:, on] == gen.palette(3)[c][:, None]).all()
+    with pytest.raises(ConfigError, match="dataset.colors"):
+        dsprites(SMALL, cache_dir=str(tmp_path), colors=-1)
+
+
 @pytest.mark.parametrize("subset", [{"colour": 2}, {"pos_x": 0}, {"pos_x": [40]}, {"scale": "all"}])
 def test_a_bad_subset_is_one_line(subset, tmp_path):
     with pytest.raises(ConfigError, match="dataset.subset"):

@@ -47,20 +47,26 @@ CHUNK = 4096                # images placed per step (bounded memory whatever th
 
 def dsprites(subset: dict | None = None, val_size: float = 0.05, test_size: float = 0.1,
              seed: int = 0, storage: str = "auto", memory_budget: float | None = None,
-             cache_dir: str | None = None) -> Data:
+             cache_dir: str | None = None, colors: int = 0) -> Data:
     """The dSprites-like grid, or the part of it `subset` picks: per factor an int k (every k-th
     value), a list of value indices, or null (all). `val_size` / `test_size`: a share of the
-    images (below 1) or a count, carved with the fixed `seed`."""
+    images (below 1) or a count, carved with the fixed `seed`. `colors` > 0: RGB images, the
+    shape painted in one of that many hues on black, a sixth factor (`colour`, the first)."""
     check_mode(storage, memory_budget)
-    factors = grid(choose(subset))
-    path, digest = cached(factors, cache_dir)
+    if isinstance(colors, bool) or not isinstance(colors, int) or not 0 <= colors <= 64:
+        raise ConfigError(f"dataset.colors must be 0 (binary, as dSprites) or 1..64 hues, got {colors!r}")
+    factors, names, sizes = grid(choose(subset)), NAMES, SIZES
+    if colors:      # the colour varies slowest
+        factors = np.c_[np.repeat(np.arange(colors), len(factors)), np.tile(factors, (colors, 1))]
+        names, sizes = ["colour", *NAMES], [colors, *SIZES]
+    path, digest = cached(factors, cache_dir, colors)
     whole = Split(Stored(memory_mapped(path)), factors=torch.from_numpy(factors))
     n = len(factors)
     rest, test = carve(whole, _count(test_size, n, "test_size"), seed, "test")
     fit, val = carve(rest, _count(val_size, n, "val_size"), seed)
-    return Data(f"dsprites-like sha256:{digest[:12]}", "image", fit, val, test, storage=storage,
-                memory_budget=memory_budget, factor_names=NAMES, factor_sizes=SIZES,
-                content_hash=digest)
+    return Data(f"dsprites-like{'-colour' if colors else ''} sha256:{digest[:12]}", "image", fit,
+                val, test, storage=storage, memory_budget=memory_budget, factor_names=names,
+                factor_sizes=sizes, content_hash=digest)
 
 
 def choose(subset: dict | None) -> list[np.ndarray]:
@@ -120,11 +126,21 @@ def sprites(shape: int, scales, angles) -> np.ndarray:
     return np.stack(out)
 
 
-def render(factors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The images of `factors` (rows of value indices), uint8 [N, 1, 64, 64], into `out` when
-    given (e.g. a memory map); sprites are drawn once each, placed CHUNK images at a time."""
+def palette(n: int) -> np.ndarray:
+    """uint8 [n, 3]: n hues evenly around the circle at full saturation and value (HSV's closed
+    form, arithmetic only)."""
+    h = np.arange(n) / n
+    k = [(m + h * 6) % 6 for m in (5, 3, 1)]
+    return np.rint(np.stack([1 - np.clip(np.minimum(c, 4 - c), 0, 1) for c in k], 1) * 255).astype(np.uint8)
+
+
+def render(factors: np.ndarray, out: np.ndarray | None = None, colors: int = 0) -> np.ndarray:
+    """The images of `factors` (rows of value indices), uint8 [N, 1, 64, 64] (or [N, 3, 64, 64]
+    with `colors`, the rows then starting with the colour), into `out` when given (e.g. a memory
+    map); sprites are drawn once each, placed CHUNK images at a time."""
     n = len(factors)
-    out = np.zeros((n, 1, SIZE, SIZE), np.uint8) if out is None else out
+    colour, factors = (factors[:, 0], factors[:, 1:]) if colors else (None, factors)
+    out = np.zeros((n, 3 if colors else 1, SIZE, SIZE), np.uint8) if out is None else out
     scales, angles = (np.unique(factors[:, k]) for k in (1, 2))
     bank = np.stack([sprites(s, np.take(FACTORS["scale"], scales),
                              np.take(FACTORS["orientation"], angles)) for s in range(3)])
@@ -137,7 +153,11 @@ def render(factors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         rows = (f[:, 4][:, None, None] + ar[None, :, None])       # pos_y: canvas top row
         cols = (f[:, 3][:, None, None] + ar[None, None, :])       # pos_x: canvas left column
         block[np.arange(len(f))[:, None, None], rows, cols] = tiles
-        out[i:i + len(f), 0] = block
+        if colors:      # the shape's pixels take its hue, the background stays black
+            hue = palette(colors)[colour[i:i + len(f)]][:, :, None, None]
+            out[i:i + len(f)] = np.where(block[:, None] > 0, hue, 0)
+        else:
+            out[i:i + len(f), 0] = block
     return out
 
 
@@ -149,11 +169,11 @@ def content_hash(images: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def cached(factors: np.ndarray, cache_dir=None) -> tuple[Path, str]:
+def cached(factors: np.ndarray, cache_dir=None, colors: int = 0) -> tuple[Path, str]:
     """(the .npy holding the images of `factors`, their sha256), generating it unless a whole
     cache is there. The file is written under a temporary name and renamed once complete (a run
     killed mid-way leaves nothing a later run accepts); concurrent runs take turns on a lock."""
-    key = hashlib.sha256(f"v{VERSION}".encode() + factors.tobytes()).hexdigest()[:20]
+    key = hashlib.sha256(f"v{VERSION}c{colors}".encode() + factors.tobytes()).hexdigest()[:20]
     path = cache_root(cache_dir) / f"dsprites-{key}.npy"
     meta = path.with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,8 +188,8 @@ def cached(factors: np.ndarray, cache_dir=None) -> tuple[Path, str]:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                            shape=(len(factors), 1, SIZE, SIZE))
-            render(factors, out)
+                                            shape=(len(factors), 3 if colors else 1, SIZE, SIZE))
+            render(factors, out, colors)
             out.flush()
             digest = content_hash(out)
             del out
