@@ -66,6 +66,11 @@ def test_prior_beats_a_uniform_prior_and_the_unigram_and_samples(vq_run, tmp_pat
     assert code == 2 and "settings differ at batch_size" in err
     code, err = run_cli(["prior", run, "nonsense=1"], capsys)
     assert code == 2 and "unknown setting 'nonsense=1'" in err
+    # a prior trained on another checkpoint's codes (the VQ run trained on since) is not used
+    best_pt = run / "prior" / "checkpoints" / "best.pt"
+    checkpoint.save(best_pt, {**checkpoint.load(best_pt), "run_epoch": 99})
+    code, err = run_cli(["sample", run, "--sampler", "prior", "-n", "8"], capsys)
+    assert code == 2 and "trained on the codes of epoch 99" in err and "train a new prior" in err
 
 
 def test_a_crafted_prior_checkpoint_is_refused_before_anything_is_built(vq_run, tmp_path, capsys):

@@ -113,6 +113,10 @@ def pixelcnn(run) -> tuple:
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{path} holds no prior config")
     trust.check_config(config, allowed_targets(), path)   # before anything is built
+    if state.get("run_epoch") != run.state.get("epoch"):   # its codes came from other weights
+        raise CheckpointError(f"{path} was trained on the codes of epoch {state.get('run_epoch')} of "
+                              f"the VQ run, and this checkpoint is epoch {run.state.get('epoch')}; "
+                              f"train a new prior (delete {path.parent.parent}, then aexp prior {run.run_dir})")
     net = build(OmegaConf.create(config["model"]), codebook_size=run.model.codebook_size)
     try:
         net.load_state_dict(state["model"])
