@@ -43,8 +43,8 @@ def cpu_info() -> dict:
 # 92: 1.09x, 369: 1.43x, 1477: 1.53x; VQ-VAE 231: 1.28x, 925: 1.64x; the published 32x32 baseline
 # 1296: 1.58x; ResNet-18 AE 7267: 1.15x; pooling CNN 11115: 2.75x; the default colours model
 # (17 parameters) 0.91x. The same CPU with oneDNN kept off AMX (ONEDNN_MAX_CPU_ISA=
-# AVX512_CORE_BF16, i.e. a CPU with AVX512-BF16 only) ran bf16 at 0.78-0.93x, and without bf16
-# instructions (AVX512_CORE) at 0.35-0.42x: fp32 there.
+# AVX512_CORE_BF16, i.e. a CPU with AVX512-BF16 only) ran every family's bf16 at 0.68-0.98x, and
+# without bf16 instructions (AVX512_CORE) at 0.30-0.88x: fp32 there.
 MIN_STEP_FLOPS = 200e6
 
 
