@@ -84,6 +84,10 @@ def test_the_dataset_is_cached_split_and_labelled_by_its_factors(tmp_path, capsy
     again = dsprites(SMALL, val_size=0.1, test_size=48, cache_dir=str(tmp_path))
     assert "generated" not in capsys.readouterr().err and again.content_hash == SMALL_SHA256
     assert len(list(tmp_path.glob("dsprites-*.npy"))) == 1
+    disk = dsprites(SMALL, val_size=0.1, test_size=48, cache_dir=str(tmp_path), storage="disk").to("cpu")
+    assert disk.placed.startswith("disk") and np.array_equal(disk.test.x[:].numpy(), test.x.numpy())
+    x, _ = disk.batch(disk.train, torch.arange(5))                # read per batch from the cache file
+    assert x.shape == (5, 1, 64, 64) and set(x.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_the_coloured_variant_paints_each_shape_in_its_hue(tmp_path):
