@@ -11,9 +11,11 @@ import torch
 
 from aexp.data import dsprites
 from aexp.data import sprites as gen
+from aexp.assemble import load_run
 from aexp.errors import ConfigError
 from aexp.report import disentangle as dm
 from aexp.report import factors as factors_of
+from aexp.report.evaluate import predict, settings
 from conftest import run_cli
 
 SMALL = {"orientation": 8, "pos_x": 8, "pos_y": 8, "scale": [0, 5]}    # 480 images
@@ -210,7 +212,10 @@ def test_train_then_eval_writes_the_disentanglement_section(tmp_path, capsys, mo
     assert d["estimators"]["settings"]["bins"] == 20
     drawn = {p.name for p in (run / "pictures").iterdir()}
     assert {"mutual_information.png", "latent_traversal_factors.png"} <= drawn
-    monkeypatch.setattr(factors_of, "MAX_UNITS", 3)              # a code too wide: said, not scored
-    code, err = run_cli(["eval", str(run), "--nll-samples", "0", "--no-pictures"], capsys)
-    rep = json.loads((run / "eval.json").read_text())
-    assert code == 0 and "4 units" in rep["disentanglement"]["note"] and "ceiling" not in rep
+    loaded = load_run(run, device="cpu")           # codes the metrics cannot read: said, not scored
+    pred, ev = predict(loaded.model, loaded.data, loaded.data.test, 1000), settings(loaded.cfg)
+    monkeypatch.setattr(factors_of, "MAX_UNITS", 3)
+    assert "a code of 4 units" in factors_of.section(loaded, pred, ev, {})["note"]
+    monkeypatch.setattr(factors_of, "MAX_UNITS", 256)
+    monkeypatch.setattr(factors_of, "MIN_SAMPLES", 1000)
+    assert "230 test samples" in factors_of.section(loaded, pred, ev, {})["note"]

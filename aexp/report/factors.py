@@ -18,6 +18,7 @@ from aexp.report.plots import _pyplot, _save
 
 
 MAX_UNITS = 256    # wider codes (a conv AE's feature map) are no set of units to score one by one
+MIN_SAMPLES = 20   # fewer test samples leave the fitted estimators nothing to learn from
 
 
 def settings(ev) -> dict:
@@ -45,6 +46,10 @@ def section(run, pred: dict, ev, report: dict) -> dict:
     if codes.shape[1] > MAX_UNITS:
         return {"note": f"not scored: a code of {codes.shape[1]} units (these metrics read units one "
                         f"by one; at most {MAX_UNITS})"}
+    if len(codes) < MIN_SAMPLES or not disentangle.live_columns(factors):
+        return {"note": f"not scored: {len(codes)} test samples with "
+                        f"{len(disentangle.live_columns(factors))} varying factors (the metrics fit "
+                        f"on half the samples and score the other half; at least {MIN_SAMPLES})"}
     s = settings(ev)
     score = lambda codes: disentangle.score_all(codes, factors, s, names)
     out = score(codes)
