@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from aexp.assemble import load_run
 from aexp.data import dsprites
 from aexp.data import sprites as gen
-from aexp.assemble import load_run
 from aexp.errors import ConfigError
 from aexp.report import disentangle as dm
 from aexp.report import factors as factors_of
