@@ -219,3 +219,5 @@ def test_train_then_eval_writes_the_disentanglement_section(tmp_path, capsys, mo
     monkeypatch.setattr(factors_of, "MAX_UNITS", 256)
     monkeypatch.setattr(factors_of, "MIN_SAMPLES", 1000)
     assert "230 test samples" in factors_of.section(loaded, pred, ev, {})["note"]
+    pred["mu"][0, 0] = float("nan")
+    assert "NaN" in factors_of.section(loaded, pred, ev, {})["note"]

@@ -46,6 +46,8 @@ def section(run, pred: dict, ev, report: dict) -> dict:
     if codes.shape[1] > MAX_UNITS:
         return {"note": f"not scored: a code of {codes.shape[1]} units (these metrics read units one "
                         f"by one; at most {MAX_UNITS})"}
+    if not np.isfinite(codes).all():
+        return {"note": "not scored: the test codes hold NaN or Inf"}
     if len(codes) < MIN_SAMPLES or not disentangle.live_columns(factors):
         return {"note": f"not scored: {len(codes)} test samples with "
                         f"{len(disentangle.live_columns(factors))} varying factors (the metrics fit "
