@@ -63,6 +63,7 @@ def test_a_vae_samples_its_own_prior_and_keeps_other_samplers(vae_run, capsys):
         assert entry["code_dim"] == 4 and np.isfinite(entry["train_log_likelihood"])
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")   # torch's, on the garbage bytes
 def test_crafted_sampler_file_and_impossible_samplers_are_refused_in_one_line(vae_run, capsys, tmp_path):
     code, err = run_cli(["sample", vae_run, "--sampler", "vamp"], capsys)
     assert code == 2 and "VampPrior" in err and err.count("\n") == 1
