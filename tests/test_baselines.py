@@ -130,7 +130,7 @@ def test_the_median_of_a_large_set_keeps_only_its_draw_and_chunks_do_not_change_
 def test_the_mean_images_nll_beside_the_vaes_by_hand():
     import math
     from aexp.models.dense import VAE
-    from aexp.report.evaluate import vae_likelihood
+    from aexp.report.likelihood import vae_likelihood
     half = _images([[0, 0, 0, 0], [255, 255, 255, 255], [255, 0, 255, 0], [0, 255, 0, 255]])  # mean 0.5
     test = _images([[255, 255, 255, 255], [0, 0, 0, 0], [255, 0, 0, 255]])   # binarising leaves them be
     model = VAE((1, 2, 2), (1, 2, 2), hidden=[4], latent_dim=2).eval()
@@ -148,7 +148,7 @@ def test_the_mean_images_nll_beside_the_vaes_by_hand():
 
 def test_the_binarised_test_set_is_the_same_whatever_k_and_the_batch():
     from aexp.models.dense import VAE
-    from aexp.report.evaluate import vae_likelihood
+    from aexp.report.likelihood import vae_likelihood
     g = torch.Generator().manual_seed(0)
     grey = lambda n: torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8)
     data = Data("grey", "image", Split(grey(30)), Split(grey(2)), Split(grey(23))).prepare()

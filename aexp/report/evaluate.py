@@ -5,7 +5,8 @@ after training when `eval.enabled` is true (aexp.jobs).
 What is measured depends on what the run is:
 - every run: MSE, MAE, PSNR (and SSIM, and MS-SSIM with the `metrics` extra, for images) of
   prediction against target, latent spread, parameter count, training time;
-- a VAE (its output extras carry `mu` and `logvar`): ELBO and importance-sampled NLL;
+- a VAE (its output extras carry `mu` and `logvar`): ELBO and importance-sampled NLL
+  (report/likelihood.py);
 - a VQ model (its extras carry `codes`): the test set's codebook usage (codes used, perplexity);
 - colourisation (`data.task.name == "colorize"`): accuracy of a,b within bounds and the curve;
 - labelled images: a cached small CNN's accuracy on the originals and on the predictions, and
@@ -18,18 +19,17 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from aexp.assemble import check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
-from aexp.losses.variational import decoder_log_prob
 from aexp.models import quantize
 from aexp.report import baselines, measures, quality, sample
 from aexp.report import factors as factors_of
 from aexp.report import scores as scores_of
+from aexp.report.likelihood import vae_likelihood
 from aexp.report.pictures import make_all
 
 CURVE_BOUNDS = [round(0.005 * i, 3) for i in range(51)]   # 0 .. 0.25, the accuracy-vs-bound curve
@@ -82,60 +82,6 @@ def colorization(pred: dict, bounds) -> dict:
     at = measures.within_bound(pred["x_hat"].clamp(0, 1), pred["y"], bounds).mean(0)
     return {"accuracy": {f"{b:g}": float(a) for b, a in zip(bounds, at)},
             "curve": {"bounds": CURVE_BOUNDS, "accuracy": [float(a) for a in curve]}}
-
-
-@torch.no_grad()
-def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, float | None]:
-    """ELBO and importance-sampled NLL (nats per test sample) under the decoder's likelihood.
-    Bernoulli on image data uses the standard binarised form: each test image stochastically
-    binarised once (pixel ~ Bernoulli(intensity)), as in Burda et al. (2015), drawn on the CPU
-    from (eval.seed, the image's index): the same binarised test set whatever K, the batch
-    or the device, so NLLs measured with different settings are on the same images.
-    With `mean_image` (the mean training image), also the trivial baseline's NLL of the same
-    test images: every pixel independent, with the mean image as its Bernoulli probability
-    (Laplace-smoothed over the training images, so no pixel has probability 0) or as the
-    Gaussian's mean."""
-    k, n = int(ev.nll_samples), len(data.test)
-    if ev.nll_max_images:
-        n = min(n, int(ev.nll_max_images))
-    gen = torch.Generator(device=device).manual_seed(int(ev.seed))
-    binarize = ev.likelihood == "bernoulli" and ev.binarize and data.kind == "image"
-    # the decoder's likelihood (bernoulli or gaussian, checked by build) as the IWAE loss has it
-    likelihood = decoder_log_prob(str(ev.likelihood), float(ev.gaussian_sigma))
-    log_px = lambda x, z: likelihood(x, z, model.decode)
-    if mean_image is not None and ev.likelihood == "bernoulli":
-        mean_image = (mean_image * len(data.train) + 1) / (len(data.train) + 2)
-    if mean_image is not None:
-        mean_image = mean_image.to(device)
-    nll, elbo, base = [], [], []
-    for i in range(0, n, int(ev.nll_batch)):
-        _, y = data.batch(data.test, torch.arange(i, min(i + int(ev.nll_batch), n), device=device))
-        if binarize:
-            y = binarized(y, i, int(ev.seed))
-        if mean_image is not None:
-            constant = lambda z: mean_image.expand(len(y), *mean_image.shape)
-            base.append(-likelihood(y, None, constant).cpu())
-        extras = model(y).extras
-        lw = measures.importance_log_weights(y, extras["mu"], extras["logvar"], log_px, k,
-                                             generator=gen)
-        a, b = measures.nll_and_elbo(lw)
-        nll.append(a.cpu())
-        elbo.append(b.cpu())
-    form = ("stochastically binarised test images (pixel ~ Bernoulli(intensity), seed "
-            f"{ev.seed} and the image's index)" if binarize else "test data as stored")
-    out = {"nll": torch.cat(nll).mean().item(), "elbo": torch.cat(elbo).mean().item(),
-           "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form}
-    return out, (torch.cat(base).mean().item() if base else None)
-
-
-def binarized(y: torch.Tensor, first: int, seed: int) -> torch.Tensor:
-    """Test images `first`, `first` + 1, ... stochastically binarised: pixel = 1 where a uniform
-    draw falls below its intensity, the draws of each image from its own numpy generator keyed
-    by (seed, index) (SeedSequence: distinct keys never share a stream)."""
-    p = y.cpu().clamp(0, 1)
-    u = np.stack([np.random.default_rng([seed & (2**64 - 1), first + j]).random(p.shape[1:], np.float32)
-                  for j in range(len(p))])
-    return (torch.from_numpy(u) < p).float().to(y.device)
 
 
 def baseline(pred: dict, constant: torch.Tensor, task: str, is_image: bool, ev) -> dict:
