@@ -30,6 +30,8 @@ TINY = {
     "baseline32": (["model.channels=[4,8]", "model.grid=[8,4]", "model.latent_dim=16"], (1, 16, 16), (1, 16, 16)),
     "resnet": (["model.decoder_channels=[8,8,8,8]"], (3, 32, 32), (3, 32, 32)),
     "vqvae": (["model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=4"], (1, 28, 28), (1, 28, 28)),
+    "resconv": (["model.channels=[4,8]"], (1, 28, 28), (1, 28, 28)),
+    "resconv_vae": (["model.channels=[4,8]", "model.latent_channels=2"], (1, 28, 28), (1, 28, 28)),
 }
 STEPS = 4
 BATCH = {"resnet": 2}   # samples per step (else 8): a ResNet-18 encoder is big even at 32x32
@@ -77,6 +79,12 @@ def test_auto_on_the_cpu_follows_amx_and_model_size(info, flops, expected):
     assert got == expected and why.startswith("auto")
 
 
+def test_auto_on_the_cpu_keeps_fp32_at_two_threads_and_says_how_to_get_bf16():
+    got, why = prec.resolve("auto", CPU, lambda: 3e8, info=AMX, threads=2)
+    assert got == "fp32" and "train.threads=1 train.precision=bf16" in why
+    assert prec.resolve("auto", CPU, lambda: 3e8, info=AMX, threads=1)[0] == "bf16"
+
+
 def test_explicit_and_recorded_precision_win():
     assert prec.resolve("fp32", CPU, lambda: 1e9, info=AMX)[0] == "fp32"
     assert prec.resolve("bf16", CPU, None, info=NONE)[0] == "bf16"
@@ -99,8 +107,8 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path, monkeypatch):
     assert prec.cpu_info()["amx_bf16"] is False
 
 
-# an MLP of 1.3 MFLOP per sample (784-400-2 each way) at batch 200 (250 MFLOP a step): auto picks
-# bf16 on an AMX-BF16 CPU
+# an MLP of 1.3 MFLOP per sample (784-400-2 each way) at batch 200 (250 MFLOP a step), 1 thread:
+# auto picks bf16 on an AMX-BF16 CPU
 RUN = ["model=mlp", "model.hidden=[400]", "loss=bce", "dataset=mnist", "dataset.val_size=20",
        "train.batch_size=200", "train.threads=1", "frames.enabled=false", "eval.enabled=false"]
 

@@ -46,6 +46,14 @@ def cpu_info() -> dict:
 # AVX512_CORE_BF16, i.e. a CPU with AVX512-BF16 only) ran every family's bf16 at 0.68-0.98x, and
 # without bf16 instructions (AVX512_CORE) at 0.30-0.88x: fp32 there.
 MIN_STEP_FLOPS = 200e6
+# ... and only when torch computes with one thread. In aexp's own loop on this 2-core machine,
+# shared with other processes (load average 3-5), `model=conv loss=bce` on MNIST at batch 128 took
+# fp32 / bf16: 10.8 / 7.3 s for 60 steps at 1 thread, but 8.7 / 46.5 s at 2 threads, and at 2
+# threads 8.5 / 38.7 s (transpose upsampling), 12.6 / 47.5 s (nearest), 8.9 / 34.4 s (NCHW).
+# With OMP_WAIT_POLICY=ACTIVE instead of the CLI's PASSIVE, 17.3 / 19.3 s: bf16's many short
+# parallel regions (the casts) each wake a sleeping thread. So at 2 threads auto stays fp32 and
+# the banner says how to get bf16's speed (train.threads=1 train.precision=bf16); a joblib sweep
+# of 2 jobs on 2 cores (one thread each, aexp.run.threads) gets bf16.
 
 
 def legacy(device) -> str:
@@ -55,13 +63,13 @@ def legacy(device) -> str:
 
 
 def resolve(setting: str, device, step_flops=None, recorded: str | None = None,
-            info: dict | None = None) -> tuple[str, str]:
+            info: dict | None = None, threads: int = 1) -> tuple[str, str]:
     """(precision, why) a run trains in: fp32 or bf16. `setting` is train.precision;
     `step_flops` a callable giving a training step's forward FLOPs (returning None when
     unknown; only called when the rule needs it); `recorded` the precision the run being
     resumed trained in (`auto` keeps it, so a resume on another machine never changes the
     arithmetic silently);
-    `info` this CPU's `cpu_info()` (read when None)."""
+    `info` this CPU's `cpu_info()` (read when None); `threads` torch's CPU threads."""
     if setting in ("fp32", "bf16"):
         changed = f"; the run trained in {recorded} before" if recorded and recorded != setting else ""
         return setting, f"train.precision{changed}"
@@ -75,6 +83,9 @@ def resolve(setting: str, device, step_flops=None, recorded: str | None = None,
     flops = step_flops() if step_flops else None
     if flops is None or flops < MIN_STEP_FLOPS:
         return "fp32", f"auto: a step under {MIN_STEP_FLOPS / 1e6:g} MFLOP"
+    if threads > 1:
+        return "fp32", (f"auto: {threads} threads; bf16 paid at 1 thread: train.threads=1 "
+                        f"train.precision=bf16")
     return "bf16", "auto: AMX-BF16 CPU; train.precision=fp32 to keep fp32"
 
 
@@ -86,7 +97,8 @@ def choose(setting: str, device, model, data, batch: float, resume_from: Path | 
         x, _ = data.batch(data.train, torch.arange(1, device=data.train.x.device))
         p = profile(model, x)
         return None if p is None else p.flops * batch
-    return resolve(setting, device, step_flops, recorded(resume_from, device))
+    return resolve(setting, device, step_flops, recorded(resume_from, device),
+                   threads=torch.get_num_threads())
 
 
 def recorded(resume_from: Path | None, device) -> str | None:
