@@ -99,8 +99,9 @@ def labels(split, idx):
 def autocast(precision: str, device: torch.device):
     """The context the training forward and loss run in: bf16 autocast, or nothing (fp32).
     train() passes the precision aexp.run.precision decided (`auto` on the CPU: bf16 where the
-    CPU has AMX-BF16, the step is big enough and torch uses one thread); `auto` given here is the plain rule, bf16 on
-    CUDA, fp32 on the CPU. One code path: the loop always enters this context."""
+    CPU has AMX-BF16, the step is big enough and torch uses one thread); `auto` given here is
+    the plain rule, bf16 on CUDA, fp32 on the CPU. One code path: the loop always enters this
+    context."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
