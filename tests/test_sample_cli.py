@@ -92,3 +92,32 @@ def test_eval_scores_the_samplers_it_is_given_and_a_plain_ae_has_no_prior(tmp_pa
     assert code == 2 and "no prior to sample" in err
     code, err = run_cli(["train", "model=mlp", "eval.samplers=[nope]", *TINY, f"hydra.run.dir={tmp_path / 'x'}"], capsys)
     assert code == 2 and "eval.samplers: unknown sampler 'nope'" in err
+
+
+def test_eval_keeps_the_sampler_scores_of_its_checkpoint_and_survives_a_garbled_eval_json(vae_run, capsys):
+    drawn = json.loads((vae_run / "eval.json").read_text())["samplers"]
+    assert {"gmm", "prior", "two_stage", "flow"} <= set(drawn)      # aexp sample's, above
+    code, err = run_cli(["eval", vae_run, "--checkpoint", "best", "--nll-samples", "0", "--no-classifier",
+                         "--no-pictures"], capsys)
+    assert code == 0, err
+    report = json.loads((vae_run / "eval.json").read_text())
+    assert report["samplers"] == drawn and "notes" not in report      # rewritten, the scores kept
+    # scores drawn by another checkpoint's decoder are left out, with a note saying so
+    stale = {**drawn, "gmm": {**drawn["gmm"], "run_epoch": drawn["gmm"]["run_epoch"] + 7}}
+    (vae_run / "eval.json").write_text(json.dumps({**report, "samplers": stale}))
+    code, err = run_cli(["eval", vae_run, "--nll-samples", "0", "--no-classifier", "--no-pictures"], capsys)
+    assert code == 0, err
+    report = json.loads((vae_run / "eval.json").read_text())
+    assert "gmm" not in report["samplers"] and "flow" in report["samplers"]
+    assert any("left out: gmm" in n for n in report["notes"])
+    # a garbled eval.json (a run folder may come from anyone) is set aside with a note
+    for garbage in ("{not json", "[1, 2]", "[" * 100000, '{"samplers": {"x": {"run_epoch": [[[]]]}}}'):
+        (vae_run / "eval.json").write_text(garbage)
+        code, err = run_cli(["eval", vae_run, "--nll-samples", "0", "--no-classifier", "--no-pictures"], capsys)
+        assert code == 0, err
+        report = json.loads((vae_run / "eval.json").read_text())
+        assert "samplers" not in report and report["reconstruction"]["mse"] >= 0
+    (vae_run / "eval.json").write_text("{not json")                 # and to aexp sample
+    code, err = run_cli(["sample", vae_run, "--sampler", "normal", "-n", "50"], capsys)
+    assert code == 0, err
+    assert set(json.loads((vae_run / "eval.json").read_text())["samplers"]) >= {"normal", "baseline"}

@@ -26,7 +26,7 @@ from aexp.assemble import check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
 from aexp.models import quantize
-from aexp.report import baselines, measures, quality, sample
+from aexp.report import baselines, eval_json, measures, quality, sample
 from aexp.report import factors as factors_of
 from aexp.report import scores as scores_of
 from aexp.report.likelihood import vae_likelihood
@@ -147,8 +147,7 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
         "latent": latent_stats(pred),
         "samples_from": pred["sampler"],
     }
-    if notes:
-        report["notes"] = notes
+    report["notes"] = notes   # filled below too; left out at the end when empty
     if "codes" in pred:
         report["codebook"] = codebook_usage(pred["codes"], model.codebook_size)
     if task == "colorize":
@@ -177,11 +176,22 @@ def evaluate(run, ev, log=print, pictures: bool = True) -> dict:
         report["inception"] = fid
     if factors_of.wanted(data, ev):   # data made from known factors: report/factors.py
         report["disentanglement"] = factors_of.section(run, pred, ev, report)
-    if ev.get("samplers"):   # fitted after training, drawn and scored (report/sample.py)
-        report["samplers"] = sample.section(run, ev, list(ev.samplers), log=log)
+    # fitted after training, drawn and scored (report/sample.py); those `aexp sample` scored on
+    # this checkpoint are kept from the eval.json this one replaces (report/eval_json.py)
+    fresh = sample.section(run, ev, list(ev.samplers), log=log) if ev.get("samplers") else {}
+    old, note = eval_json.previous(run.run_dir / "eval.json")
+    others, left_out = eval_json.kept(old, run.state.get("epoch"), fresh)
+    for n in (note, left_out):
+        if n:
+            notes.append(n)
+            log(f"note: {n}")
+    if fresh or others:
+        report["samplers"] = {**others, **fresh}
     if pictures:
         report["pictures"] = [str(p.relative_to(run.run_dir))
                               for p in make_all(run, pred, report, ev) + factors_of.pictures(run, pred, report)]
+    if not notes:
+        del report["notes"]
     report["eval_seconds"] = round(time.perf_counter() - t0, 3)
     path = run.run_dir / "eval.json"
     atomic_write(path, lambda f: f.write(json.dumps(report, indent=2).encode()))

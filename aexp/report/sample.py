@@ -27,6 +27,7 @@ from aexp.errors import ArgumentParser, CheckpointError, ConfigError
 from aexp.io import atomic_write
 from aexp.models.pixelcnn import PixelCNN
 from aexp.report import classifier, quality, sample_metrics, samplers
+from aexp.report.eval_json import merge_into_eval_json
 from aexp.report.pictures import save
 from aexp.report.scores import TrainViews
 
@@ -178,7 +179,7 @@ def section(run, ev, which, overrides=None, log=print, strict: bool = False) -> 
         tiles = draw.tiles(seen[:64])
         save(draw.grid(tiles, 8), run.run_dir / "pictures" / f"samples_{name}.png", tiles.shape[1])
         entry.update(samples=f"samplers/{name}_samples.npy", picture=f"pictures/samples_{name}.png",
-                     **judge(seen))
+                     run_epoch=run.state.get("epoch"), **judge(seen))   # whose decoder drew them
         out[name] = entry
     return out
 
@@ -215,15 +216,6 @@ class Judge:
         return sample_metrics.score(self.extractor, self.real, images, self.k, self.real_feats)
 
 
-def merge_into_eval_json(run_dir: Path, part: dict) -> Path:
-    """eval.json with its `samplers` section updated by `part` (other samplers kept)."""
-    path = run_dir / "eval.json"
-    report = json.loads(path.read_text()) if path.is_file() else {"run_dir": str(run_dir)}
-    report.setdefault("samplers", {}).update(part)
-    atomic_write(path, lambda f: f.write(json.dumps(report, indent=2).encode()))
-    return path
-
-
 def main(argv: list[str]) -> int:
     ap = ArgumentParser(prog="aexp sample", description="Fit a sampler on a run's training codes, "
                         "draw samples (picture + .npy) and score them in eval.json.")
@@ -248,7 +240,9 @@ def main(argv: list[str]) -> int:
     check_values(OmegaConf.create({"eval": ev}))
     part = section(run, ev, [args.sampler], {args.sampler: args.settings}, log=lambda m: print(m, flush=True),
                    strict=True)
-    path = merge_into_eval_json(run.run_dir, part)
+    path, note = merge_into_eval_json(run.run_dir, part, run.state.get("epoch"))
+    if note:
+        print(f"note: {note}")
     entry = part[args.sampler]
     shown = {k: entry[k] for k in ("precision", "recall", "fid_classifier") if k in entry}
     base = {b: {k: round(v[k], 4) for k in ("precision", "recall") if k in v} for b, v in part["baseline"].items()}
