@@ -23,6 +23,8 @@ ZOO = {
     "baseline32": ["dataset=digits", "model.channels=[4,8,8]", "model.latent_dim=16"],
     "resnet": ["dataset=digits", "model.decoder_channels=[8,8,8,8]"],
     "vqvae": ["dataset=digits", "model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=4"],
+    "resconv": ["dataset=digits", "model.channels=[4,8]", "model.groups=2"],
+    "resconv_vae": ["dataset=digits", "model.channels=[4,8]", "model.latent_channels=2"],
 }
 EXPORTED = ("linear", "vae")   # torch.export costs seconds a model: a few in the fast suite
 
@@ -39,7 +41,7 @@ def test_every_aexp_model_keeps_the_contract(model, tmp_path):
     failed = run(compose_for(model, ZOO[model] + extra), export=model in EXPORTED, out=lines.append)
     assert failed == [], "\n".join(lines)
     assert sum(line.startswith("  ok") for line in lines) >= 8, "\n".join(lines)
-    if model in ("vae", "conv_vae"):
+    if model in ("vae", "conv_vae", "resconv_vae"):
         assert any(line.startswith("  ok    variational") for line in lines), "\n".join(lines)
 
 

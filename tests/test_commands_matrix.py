@@ -32,6 +32,8 @@ MODELS = {
                ["model.decoder_channels=[8,8,8,8]", *COLORS]),
     "vqvae": (["model.channels=[4,8]", "model.codebook.size=8", *MNIST],
               ["model.channels=[4,8]", "model.codebook.size=8", *COLORS]),
+    "resconv": (["model.channels=[4,8]", *MNIST], ["model.channels=[4,8]", *COLORS]),
+    "resconv_vae": (["model.channels=[4,8]", *MNIST], ["model.channels=[4,8]", *COLORS]),
 }
 
 

@@ -34,6 +34,8 @@ MODELS = {
     "pooling_cnn": ((1, 8, 8), ["model.width=4", "model.pooling=1"]),
     "baseline32": ((1, 32, 32), ["model.channels=[4,4,4]", "model.latent_dim=5"]),
     "resnet": ((1, 32, 32), ["model.decoder_channels=[8,8,8,8]", "model.upsample=transpose"]),
+    "resconv": ((1, 9, 7), ["model.channels=[4,8]"]),   # odd sides: sizes recorded per input
+    "resconv_vae": ((3, 8, 8), ["model.channels=[4,8]", "model.latent_channels=2"]),
 }
 BATCH = 7   # neither export.EXAMPLE nor export.CHECK: the batch axis really is dynamic
 

@@ -29,6 +29,8 @@ MODELS = {
     "resnet": (["model.decoder_channels=[8,8,8,8]"], [IMG(3, 32), IMG(1, 64)]),
     "vqvae": (["model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=4"],
               [IMG(1, 28), IMG(3, 32), IMG(3, 64), IMG(3, 218, 178)]),
+    "resconv": (["model.channels=[4,8]"], [IMG(1, 28), IMG(3, 32), IMG(3, 218, 178)]),
+    "resconv_vae": (["model.channels=[4,8]", "model.latent_channels=2"], [IMG(1, 28), IMG(3, 32)]),
 }
 
 
@@ -81,7 +83,7 @@ def _data(shapes, n=4):
 
 def compatible(model, net, loss, data, out_shape) -> bool:
     """What each loss needs, stated independently of the code under test."""
-    variational = model in ("vae", "conv_vae")
+    variational = model in ("vae", "conv_vae", "resconv_vae")
     if loss in ("vae", "vae_cb", "iwae", "btcvae", "factorvae", "dipvae", "beta_vae_capacity",
                 "info_vae"):
         # a posterior mu, logvar
