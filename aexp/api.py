@@ -107,7 +107,7 @@ class Run(LoadedRun):
 
 
 def load_run(run_dir, checkpoint: str = "best", device: str = "cpu", trust: bool = False) -> Run:
-    """Rebuild a run from RUN_DIR/checkpoints/<checkpoint>.pt (best or last). A stored config
+    """Rebuild a run from `RUN_DIR/checkpoints/CHECKPOINT.pt` (`best` or `last`). A stored config
     naming a target outside aexp's own and outside the open project's `trust` list (its
     aexp.yaml) is refused unless `trust=True` (as `--trust`)."""
     if checkpoint not in ("best", "last"):

@@ -95,21 +95,24 @@ def test_eval_scores_the_samplers_it_is_given_and_a_plain_ae_has_no_prior(tmp_pa
 
 
 def test_eval_keeps_the_sampler_scores_of_its_checkpoint_and_survives_a_garbled_eval_json(vae_run, capsys):
+    for name in ("normal", "prior"):
+        code, err = run_cli(["sample", vae_run, "--sampler", name, "-n", "50"], capsys)
+        assert code == 0, err
     drawn = json.loads((vae_run / "eval.json").read_text())["samplers"]
-    assert {"gmm", "prior", "two_stage", "flow"} <= set(drawn)      # aexp sample's, above
+    assert {"normal", "prior"} <= set(drawn)
     code, err = run_cli(["eval", vae_run, "--checkpoint", "best", "--nll-samples", "0", "--no-classifier",
                          "--no-pictures"], capsys)
     assert code == 0, err
     report = json.loads((vae_run / "eval.json").read_text())
     assert report["samplers"] == drawn and "notes" not in report      # rewritten, the scores kept
     # scores drawn by another checkpoint's decoder are left out, with a note saying so
-    stale = {**drawn, "gmm": {**drawn["gmm"], "run_epoch": drawn["gmm"]["run_epoch"] + 7}}
+    stale = {**drawn, "normal": {**drawn["normal"], "run_epoch": drawn["normal"]["run_epoch"] + 7}}
     (vae_run / "eval.json").write_text(json.dumps({**report, "samplers": stale}))
     code, err = run_cli(["eval", vae_run, "--nll-samples", "0", "--no-classifier", "--no-pictures"], capsys)
     assert code == 0, err
     report = json.loads((vae_run / "eval.json").read_text())
-    assert "gmm" not in report["samplers"] and "flow" in report["samplers"]
-    assert any("left out: gmm" in n for n in report["notes"])
+    assert "normal" not in report["samplers"] and "prior" in report["samplers"]
+    assert any("left out: normal" in n for n in report["notes"])
     # a garbled eval.json (a run folder may come from anyone) is set aside with a note
     for garbage in ("{not json", "[1, 2]", "[" * 100000, '{"samplers": {"x": {"run_epoch": [[[]]]}}}'):
         (vae_run / "eval.json").write_text(garbage)

@@ -50,11 +50,13 @@ def build(node, **kwargs):
         raise ConfigError(f"cannot build {node.get('_target_', '?')}: {text}") from None
 
 
-def build_loss(node, data_size: int | None = None, code_size: int | None = None):
+def build_loss(node, data_size: int | None = None, code_size: int | None = None,
+               channels: int | None = None):
     """The loss. Terms that need more than their config get it here: a perceptual term taking
     its features from another run (`features_run`) gets that run's model, a term whose
     `dataset_size` is left null gets the training split's size (`data_size`), one whose
-    `code_size` is left null the model's flattened code size (`code_size`), and a term with an
+    `code_size` is left null the model's flattened code size (`code_size`), one whose `channels`
+    is left null the target images' channels (`channels`), and a term with an
     `optimizer` of its own (a critic, aexp.losses.adversarial) gets it unbuilt, as a function of
     the parameters it will step."""
     terms = node.get("terms") or {}
@@ -69,6 +71,8 @@ def build_loss(node, data_size: int | None = None, code_size: int | None = None)
             mine["dataset_size"] = data_size
         if "code_size" in t and t.code_size is None and code_size:
             mine["code_size"] = code_size
+        if "channels" in t and t.channels is None and channels:
+            mine["channels"] = channels
         if isinstance(t.get("optimizer"), DictConfig):
             mine["optimizer"] = build(t.optimizer, _partial_=True)
     if not any(extra.values()):
@@ -113,7 +117,8 @@ def build_parts(cfg, device) -> tuple:
     needs_code = any(isinstance(t, DictConfig) and "code_size" in t and t.code_size is None
                      for t in (cfg.loss.get("terms") or {}).values())
     loss = build_loss(cfg.loss, data_size=len(data.train),
-                      code_size=code_size(model, x) if needs_code else None)
+                      code_size=code_size(model, x) if needs_code else None,
+                      channels=data.out_shape[0] if len(data.out_shape) == 3 else None)
     return data, model, loss.to(device)
 
 
@@ -156,7 +161,7 @@ class LoadedRun:
 
 
 def load_run(run_dir, which: str = "best", device: str = "auto") -> LoadedRun:
-    """Rebuild a run from `RUN_DIR/checkpoints/<which>.pt`; the model is in eval mode."""
+    """Rebuild a run from `RUN_DIR/checkpoints/WHICH.pt` (`best` or `last`); the model is in eval mode."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AexpError(f"no such run folder: {run_dir}")

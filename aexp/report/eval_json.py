@@ -48,8 +48,8 @@ def kept(old: dict | None, epoch, fresh: dict) -> tuple[dict, str | None]:
                and isinstance(v, dict) and "skipped" not in v}
     same = {k: v for k, v in entries.items() if epoch is not None and v.get("run_epoch") == epoch
             and plain(v, 1)}
-    gone = sorted(set(entries) - set(same))
-    note = (f"sampler scores left out: {', '.join(' '.join(g.split())[:40] for g in gone[:10])} (drawn by the decoder of another checkpoint, "
+    gone = [" ".join(name.split())[:40] for name in sorted(set(entries) - set(same))[:10]]   # one line
+    note = (f"sampler scores left out: {', '.join(gone)} (drawn by the decoder of another checkpoint, "
             "or not readable; aexp sample RUN --sampler NAME draws them anew)") if gone else None
     shared = {k: section[k] for k in SHARED if k in section and plain(section[k], 2)} if same and not fresh else {}
     return {**shared, **same}, note
