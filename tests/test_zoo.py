@@ -48,6 +48,7 @@ def vgg_file(tmp_path_factory):
 
 LOSS_OVERRIDES = {"perceptual": lambda f: [f"loss.terms.perceptual.weights={f}"]}
 SIZED_BY_CODE = ("factorvae",)
+SIZED_BY_IMAGE = ("mse_patchgan",)   # its discriminator takes the target images' channels
 _cache = {}
 
 
@@ -60,9 +61,10 @@ def _build(compose_cfg, model, loss, shapes, vgg_file):
         _cache[key] = build(cfg.model, in_shape=shapes[0], out_shape=shapes[1])
     # a term sized by the model's code (a FactorVAE discriminator) is built per code size
     code = code_size(_cache[key], torch.rand(1, *shapes[0])) if loss in SIZED_BY_CODE else None
-    if ("loss", loss, code) not in _cache:
-        _cache[("loss", loss, code)] = build_loss(cfg.loss, code_size=code)
-    return _cache[key], _cache[("loss", loss, code)]
+    channels = shapes[1][0] if loss in SIZED_BY_IMAGE else None
+    if ("loss", loss, code, channels) not in _cache:
+        _cache[("loss", loss, code, channels)] = build_loss(cfg.loss, code_size=code, channels=channels)
+    return _cache[key], _cache[("loss", loss, code, channels)]
 
 
 def _data(shapes, n=4):
@@ -115,6 +117,11 @@ CASES = [_case(m, s, l) for m, (_, shapes) in MODELS.items() for s in shapes for
 
 @pytest.mark.parametrize("model,shapes,loss", CASES)
 def test_model_loss_size(compose_cfg, vgg_file, model, shapes, loss):
+    if loss in SIZED_BY_IMAGE and len(shapes[1]) != 3:     # no images: refused when built
+        with pytest.raises(ConfigError) as err:
+            build_loss(compose_cfg([f"loss={loss}"]).loss)      # no channels to give
+        assert "\n" not in str(err.value)
+        return
     net, loss_fn = _build(compose_cfg, model, loss, shapes, vgg_file)
     data = _data(shapes)
     if not compatible(model, net, loss, data, shapes[1]):

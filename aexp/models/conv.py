@@ -78,6 +78,12 @@ class ConvAE(Autoencoder):
             return z, extras, sizes
         return self.bottleneck(h), {}, sizes
 
+    @property
+    def last_layer(self) -> nn.Module:
+        """The decoder's final conv (read by loss terms that weigh themselves by its gradient:
+        aexp.losses.patchgan's adaptive weight)."""
+        return self.decoder[-1].up.conv
+
     def encode(self, x):
         z, extras, _ = self._code(x)
         return extras["mu"] if self.variational else z
