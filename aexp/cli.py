@@ -148,7 +148,7 @@ def _hydra(command: Command, argv: list[str]) -> int:
     except AexpError as e:
         return _fail(str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
-        return _fail(one_line(e))
+        return _fail(one_line(e) + _project_hint(e, conf_dir()))
     except Exception as e:
         if not type(e).__module__.startswith("submitit."):
             raise
@@ -159,6 +159,17 @@ def _hydra(command: Command, argv: list[str]) -> int:
     finally:
         distributed.shutdown()
     return status["code"]
+
+
+def _project_hint(e, conf) -> str:
+    """For a group option Hydra could not find that is not one of aexp's own (`model=my_ae` of a
+    run made inside a user project, resumed from outside it): where such an option lives."""
+    group, _, name = str(getattr(e, "missing_cfg_file", None) or "").rpartition("/")
+    if not group or not (conf / group).is_dir() or (conf / group / f"{name}.yaml").is_file():
+        return ""
+    opened = project.current()
+    none_there = f"; the open project {opened.root} has no {group}/{name} either" if opened else ""
+    return f"{none_there}; if it is an option of your own project, open that project: --project DIR"
 
 
 def _joblib_jobs(launcher) -> int | None:

@@ -39,7 +39,8 @@ def _not_ours() -> str:
     """What the refusal says beside the hint: which project's list was consulted, if any."""
     opened = project.current()
     return (f"nor under the trust list of the open project {opened.root / project.FILE}"
-            if opened else "and no aexp project is open (aexp.yaml)")
+            if opened else "and no aexp project is open (aexp.yaml; if your project made this run, "
+            "open it: --project DIR)")
 
 
 @lru_cache(maxsize=4)

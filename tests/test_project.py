@@ -136,6 +136,7 @@ def test_a_run_is_opened_only_from_a_project_declaring_its_classes(trained, tmp_
         last = err.strip().splitlines()[-1]
         assert code == 2 and last.startswith("aexp: error: ") and "my_project." in last, err[-600:]
         assert "--trust" in last and "Traceback" not in err
+        assert ("--project DIR" in last) == (not opened)   # no project open: which one may be
     assert not (run / "eval.json").exists()
     code, err = run_cli(["eval", run, "--no-pictures", "--project", declares], capsys)
     assert code == 0, err[-600:]
@@ -166,6 +167,14 @@ def test_a_project_run_resumes_from_the_project_without_trust(trained, tmp_path,
     monkeypatch.delenv(project.ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     run = _copy(trained / "outputs" / "first", tmp_path / "run")
+    # from outside the project, its options are unknown: one line, pointing at --project
+    code, err = run_cli(["train", f"resume={run}", "train.epochs=2"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Could not find 'model/my_ae'" in err, err[-800:]
+    assert "--project DIR" in err
+    code, err = run_cli(["train", "model=vea"], capsys)   # (any option aexp lacks: the same hint)
+    assert code == 2 and "--project DIR" in err
+    code, err = run_cli(["train", "model.nosuch=1"], capsys)   # not a missing option: no hint
+    assert code == 2 and "--project" not in err
     code, err = run_cli(["train", f"resume={run}", "train.epochs=2", "--project", trained], capsys)
     assert code == 0, err[-800:]
     assert len((run / "metrics.csv").read_text().splitlines()) == 3   # header + epochs 1 and 2
