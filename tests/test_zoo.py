@@ -49,6 +49,7 @@ def vgg_file(tmp_path_factory):
 LOSS_OVERRIDES = {"perceptual": lambda f: [f"loss.terms.perceptual.weights={f}"]}
 SIZED_BY_CODE = ("factorvae",)
 SIZED_BY_IMAGE = ("mse_patchgan",)   # its discriminator takes the target images' channels
+PER_SHAPE = ("vamp",)                # its pseudo-inputs take the shape of the first input seen
 _cache = {}
 
 
@@ -62,9 +63,10 @@ def _build(compose_cfg, model, loss, shapes, vgg_file):
     # a term sized by the model's code (a FactorVAE discriminator) is built per code size
     code = code_size(_cache[key], torch.rand(1, *shapes[0])) if loss in SIZED_BY_CODE else None
     channels = shapes[1][0] if loss in SIZED_BY_IMAGE else None
-    if ("loss", loss, code, channels) not in _cache:
-        _cache[("loss", loss, code, channels)] = build_loss(cfg.loss, code_size=code, channels=channels)
-    return _cache[key], _cache[("loss", loss, code, channels)]
+    lkey = ("loss", loss, code, channels, shapes if loss in PER_SHAPE else None)
+    if lkey not in _cache:
+        _cache[lkey] = build_loss(cfg.loss, code_size=code, channels=channels)
+    return _cache[key], _cache[lkey]
 
 
 def _data(shapes, n=4):
@@ -87,7 +89,7 @@ def compatible(model, net, loss, data, out_shape) -> bool:
     """What each loss needs, stated independently of the code under test."""
     variational = model in ("vae", "conv_vae", "resconv_vae")
     if loss in ("vae", "vae_cb", "iwae", "btcvae", "factorvae", "dipvae", "beta_vae_capacity",
-                "info_vae"):
+                "info_vae", "vamp"):
         # a posterior mu, logvar
         return variational
     if loss == "vqvae":                                  # codes from a codebook

@@ -6,8 +6,9 @@ Samplers: `normal`, `gmm`, `two_stage`, `flow` (conf/sampler/<name>.yaml: the cl
 settings; report/samplers.py, report/latent_models.py), fitted on the training split's codes
 (the encoder's output; a VAE's posterior means) and stored in RUN/samplers/<name>.pt; and
 `prior`, the model's own prior: N(0, I) for a VAE or a WAE (nothing to fit), the PixelCNN that
-`aexp prior RUN` trained for a VQ-VAE (RUN/prior/). `vamp` needs a VampPrior VAE, which aexp
-does not have: it is refused.
+`aexp prior RUN` trained for a VQ-VAE (RUN/prior/); and `vamp`, the prior of a VampPrior VAE
+(loss=vamp, aexp.losses.vamp): a component k of K drawn uniformly, then z ~ q(z | u_k), the
+encoder's posterior at the k-th learned pseudo-input (nothing to fit either).
 
 Each draws `eval.sampler_images` samples (seed `eval.seed`): RUN/samplers/<name>_samples.npy
 (the decoder's output, float32), RUN/pictures/samples_<name>.png (the first 64), and the
@@ -25,6 +26,7 @@ from aexp import checkpoint, draw, trust
 from aexp.assemble import allowed_targets, build, check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser, CheckpointError, ConfigError
 from aexp.io import atomic_write
+from aexp.losses.vamp import VampKL
 from aexp.models.pixelcnn import PixelCNN
 from aexp.report import classifier, quality, sample_metrics, samplers
 from aexp.report.eval_json import merge_into_eval_json
@@ -50,8 +52,9 @@ def check_name(name: str, run) -> None:
     if run.data.task.name != "reconstruct":
         raise ConfigError(f"samples need a run that reconstructs its input; {run.run_dir}'s task is "
                           f"{run.data.task.name} (its decoder's output means nothing without an input)")
-    if name == "vamp":
-        raise ConfigError("--sampler vamp needs a VampPrior VAE, and aexp has no such model yet")
+    if name == "vamp" and vamp_term(run) is None:
+        raise ConfigError(f"--sampler vamp needs a VampPrior VAE (a run trained with loss=vamp); "
+                          f"{run.run_dir} has no VampPrior term in its loss")
     if name == "prior" and run.model.codebook_size is None and not own_prior(run):
         raise ConfigError(f"{run.run_dir} is a plain autoencoder: it has no prior to sample "
                           "(fit one: --sampler normal, gmm, two_stage or flow)")
@@ -64,6 +67,22 @@ def own_prior(run) -> bool:
     x, _ = run.data.batch(run.data.train, torch.arange(1, device=run.data.train.x.device))
     with torch.no_grad():
         return mmd or "mu" in run.model(x).extras
+
+
+def vamp_term(run):
+    """The run's VampPrior KL term (its pseudo-inputs restored from the checkpoint), or None."""
+    terms = getattr(run.loss_fn, "terms", {}) if run.loss_fn is not None else {}
+    return next((t for t in terms.values() if isinstance(t, VampKL)), None)
+
+
+@torch.no_grad()
+def vamp_codes(run, n: int, gen: torch.Generator) -> tuple:
+    """`n` codes from the VampPrior mixture: a uniform component k, then N(mu_k, exp(logvar_k))."""
+    term = vamp_term(run)
+    mu, logvar = (t.cpu() for t in term.prior_components(run.model))
+    k = torch.randint(len(mu), (n,), generator=gen)
+    z = mu[k] + torch.exp(0.5 * logvar[k]) * torch.randn(n, mu.shape[1], generator=gen)
+    return z, {"from": f"the VampPrior: a mixture of the posteriors at {len(mu)} learned pseudo-inputs"}
 
 
 @torch.no_grad()
@@ -134,6 +153,8 @@ def pixelcnn(run) -> tuple:
 def draw_codes(run, name: str, n: int, gen: torch.Generator, overrides=(), log=print) -> tuple:
     """(`n` codes [n, D] to decode, the sampler's eval.json entry)."""
     model = run.model
+    if name == "vamp":
+        return vamp_codes(run, n, gen)
     if name != "prior":
         sampler, entry = fitted(run, name, overrides, log)
         return sampler.sample(n, gen), entry
