@@ -61,6 +61,12 @@ def test_prior_beats_a_uniform_prior_and_the_unigram_and_samples(vq_run, tmp_pat
     entry = json.loads((run / "eval.json").read_text())["samplers"]["prior"]
     assert entry["from"] == "the PixelCNN code prior" and entry["test_nll"] == nll["test_nll"]
     assert (run / "pictures" / "samples_prior.png").is_file()
+    # the folder may come from anyone: a garbled nll.json costs its figures, not the samples
+    (run / "prior" / "nll.json").write_text('["not", "an", "object"]')
+    code, err = run_cli(["sample", run, "--sampler", "prior", "-n", "8"], capsys)
+    assert code == 0, err
+    entry = json.loads((run / "eval.json").read_text())["samplers"]["prior"]
+    assert "test_nll" not in entry and "unreadable" in entry["note"]
     # other settings on a trained prior: refused, not mixed in
     code, err = run_cli(["prior", run, *PRIOR[:-1], "batch_size=8"], capsys)
     assert code == 2 and "settings differ at batch_size" in err

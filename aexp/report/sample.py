@@ -144,9 +144,24 @@ def pixelcnn(run) -> tuple:
         raise CheckpointError(f"{path}: the weights do not fit its PixelCNN: {str(e).splitlines()[0][:160]}") from None
     if not isinstance(net, PixelCNN):
         raise CheckpointError(f"{path} is not a PixelCNN prior")
-    nll = run.run_dir / "prior" / "nll.json"
-    info = json.loads(nll.read_text()) if nll.is_file() else {}
-    return net.eval(), {"file": "prior/checkpoints/best.pt", "epoch": state.get("epoch"), **info}
+    return net.eval(), {"file": "prior/checkpoints/best.pt", "epoch": state.get("epoch"),
+                        **prior_scores(run.run_dir / "prior" / "nll.json")}
+
+
+def prior_scores(path) -> dict:
+    """The prior's test NLL figures from `aexp prior`'s nll.json, for the sampler's entry. The
+    folder may come from anyone: only plain numbers and short strings at the top level are
+    taken, and a file that is not a JSON object gives a note instead of the figures."""
+    try:
+        info = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict):
+        return {"note": f"{path.name} is unreadable; its figures are left out"}
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    return {str(k)[:64]: v for k, v in info.items()
+            if number(v) or isinstance(v, str) and len(v) <= 200
+            or isinstance(v, list) and len(v) <= 8 and all(number(e) for e in v)}
 
 
 @torch.no_grad()
