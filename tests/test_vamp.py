@@ -8,13 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from aexp import checkpoint
-from aexp.assemble import build, build_loss
+from aexp.assemble import build, build_loss, conf_dir, load_run
 from aexp.errors import ConfigError, Interrupted
 from aexp.io import read_csv
 from aexp.report import sample
+from aexp.report.likelihood import vae_likelihood
 from aexp.run.train import train
 from conftest import run_cli
 from test_disentangling_models import assert_equal_state
@@ -87,3 +88,21 @@ def test_sample_vamp_draws_from_the_mixture(tmp_path, capsys):
     z, entry = sample.vamp_codes(loaded, 400, torch.Generator().manual_seed(0))
     near = (z[:, None] - means[None]).norm(dim=-1).min(1).values
     assert near.max() < 1e-3 and 150 < (z[:, 0] > 0).sum() < 250 and "2 learned" in entry["from"]
+
+
+def test_a_loaded_vamp_run_scores_its_nll_under_its_own_prior(tmp_path):
+    from aexp.cli import main
+    run = tmp_path / "vamp"
+    assert main(["train", *TINY, "train.epochs=1", f"hydra.run.dir={run}"]) == 0
+    loaded = load_run(run, device="cpu")
+    z = torch.randn(7, 4)
+    mu, logvar = loaded.loss_fn.terms["kl"].prior_components(loaded.model)
+    by_hand = torch.stack([log_normal(z, mu[k], logvar[k]) for k in range(5)], 1).logsumexp(1) - math.log(5)
+    assert torch.allclose(loaded.model.log_prior(z), by_hand, atol=1e-4)
+    ev = OmegaConf.load(conf_dir() / "config.yaml").eval
+    ev.nll_samples, ev.nll_max_images = 20, 30
+    own, _ = vae_likelihood(loaded.model, loaded.data, ev, "cpu")
+    del loaded.model.log_prior
+    standard, _ = vae_likelihood(loaded.model, loaded.data, ev, "cpu")
+    assert "VampPrior" in own["prior"] and standard["prior"] == "N(0, I)"
+    assert math.isfinite(own["nll"]) and own["nll"] != standard["nll"]

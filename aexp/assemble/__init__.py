@@ -184,6 +184,9 @@ def load_run(run_dir, which: str = "best", device: str = "auto") -> LoadedRun:
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"{run_dir}: the checkpoint's loss state does not fit its loss: "
                               f"{str(e).strip().splitlines()[0][:200]}") from None
+    for term in getattr(loss_fn, "terms", {}).values():   # a term that is the model's prior (VampPrior)
+        if hasattr(term, "bind_prior"):
+            term.bind_prior(model)
     model.eval()
     model.start_epoch(None)
     return LoadedRun(run_dir, cfg, state, data, model, loss_fn, dev)

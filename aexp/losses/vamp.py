@@ -52,6 +52,20 @@ class VampKL(Term):
             raise ConfigError("loss term VampKL needs a VAE model (one with mu and log-variance)")
         return extras["mu"].flatten(1).float(), extras["logvar"].flatten(1).float()
 
+    def log_prior(self, z: torch.Tensor, model) -> torch.Tensor:
+        """log p(z) = logsumexp_k log q(z | u_k) - log K, per code (z [..., D])."""
+        p_mu, p_logvar = self.prior_components(model)
+        lp = gaussian_log_prob(z.float().unsqueeze(-2), p_mu, p_logvar)      # [..., K]
+        return torch.logsumexp(lp, -1) - math.log(self.components)
+
+    def bind_prior(self, model) -> None:
+        """Give a loaded run's model this prior as `model.log_prior(z)` (what the importance-
+        sampled NLL of `aexp eval`, report/likelihood.py, uses instead of N(0, I))."""
+        if self.pseudo is not None:
+            prior = lambda z: self.log_prior(z, model)
+            prior.name = f"the VampPrior ({self.components} pseudo-inputs)"
+            object.__setattr__(model, "log_prior", prior)
+
     def __call__(self, out, x, y, model, reduction):
         if "mu" not in out.extras or "logvar" not in out.extras:
             raise ConfigError("loss term VampKL needs a VAE model (one with mu and log-variance)")
@@ -59,10 +73,7 @@ class VampKL(Term):
             self._init(x.shape[1:], x.device)
         mu, logvar = out.extras["mu"].flatten(1).float(), out.extras["logvar"].flatten(1).float()
         z = out.z.flatten(1).float()
-        log_q = gaussian_log_prob(z, mu, logvar)
-        p_mu, p_logvar = self.prior_components(model)
-        log_p = torch.logsumexp(gaussian_log_prob(z[:, None], p_mu[None], p_logvar[None]), 1) - math.log(self.components)
-        kl = log_q - log_p
+        kl = gaussian_log_prob(z, mu, logvar) - self.log_prior(z, model)
         return kl if reduction == "sum" else kl / z.shape[1]
 
     def update(self, out, x, y, model) -> dict:

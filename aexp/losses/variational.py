@@ -43,9 +43,10 @@ def decoder_log_prob(likelihood: str, sigma: float = 0.1):
 
 
 def importance_log_weights(x, mu, logvar, log_px, k: int, chunk: int = 100,
-                           generator=None) -> torch.Tensor:
+                           generator=None, log_prior=None) -> torch.Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x), shape [N, k].
-    `log_px(x, z)` gives log p(x|z) per sample. Drawn `chunk` samples at a time so memory stays
+    `log_px(x, z)` gives log p(x|z) per sample; `log_prior(z)` log p(z) per code (z [..., D]),
+    N(0, I) when None (a VampPrior model gives its own). Drawn `chunk` samples at a time so memory stays
     at N·chunk decoder outputs; differentiable (IWAE trains through it)."""
     out = []
     std = torch.exp(0.5 * logvar)
@@ -57,7 +58,8 @@ def importance_log_weights(x, mu, logvar, log_px, k: int, chunk: int = 100,
         flat = z.reshape(-1, mu.shape[-1])
         xs = x.unsqueeze(0).expand(m, *x.shape).reshape(-1, *x.shape[1:])
         lw = (log_px(xs, flat).view(m, -1)
-              + gaussian_log_prob(z, zero, zero) - gaussian_log_prob(z, mu, logvar))
+              + (gaussian_log_prob(z, zero, zero) if log_prior is None else log_prior(z))
+              - gaussian_log_prob(z, mu, logvar))
         out.append(lw.T)
     return torch.cat(out, 1)
 

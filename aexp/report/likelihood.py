@@ -27,6 +27,8 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
     # the decoder's likelihood (bernoulli or gaussian, checked by build) as the IWAE loss has it
     likelihood = decoder_log_prob(str(ev.likelihood), float(ev.gaussian_sigma))
     log_px = lambda x, z: likelihood(x, z, model.decode)
+    # a model whose prior is not N(0, I) (a VampPrior VAE: aexp.losses.vamp binds it) gives its own
+    log_prior = getattr(model, "log_prior", None)
     if mean_image is not None and ev.likelihood == "bernoulli":
         mean_image = (mean_image * len(data.train) + 1) / (len(data.train) + 2)
     if mean_image is not None:
@@ -41,14 +43,15 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
             base.append(-likelihood(y, None, constant).cpu())
         extras = model(y).extras
         lw = measures.importance_log_weights(y, extras["mu"], extras["logvar"], log_px, k,
-                                             generator=gen)
+                                             generator=gen, log_prior=log_prior)
         a, b = measures.nll_and_elbo(lw)
         nll.append(a.cpu())
         elbo.append(b.cpu())
     form = ("stochastically binarised test images (pixel ~ Bernoulli(intensity), seed "
             f"{ev.seed} and the image's index)" if binarize else "test data as stored")
     out = {"nll": torch.cat(nll).mean().item(), "elbo": torch.cat(elbo).mean().item(),
-           "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form}
+           "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form,
+           "prior": "N(0, I)" if log_prior is None else getattr(log_prior, "name", "the model's own")}
     return out, (torch.cat(base).mean().item() if base else None)
 
 
