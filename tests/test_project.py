@@ -3,7 +3,6 @@ imports, and its runs open without --trust because aexp.yaml declares its packag
 class outside aexp and outside the open project's list is still refused in one line."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -95,7 +94,6 @@ def test_trust_by_declaration_is_by_prefix_of_dotted_names(tmp_path, monkeypatch
     ("trust: [os.system(1)]", "not a module or package name"),
     ("trust: [os]\npython: [.]", "os is not a package of this project"),
     ("trust: [torch]\npython: [.]", "torch is not a package of this project"),
-    (f"trust: [torch]\npython: ['{Path(torch.__file__).parent.parent}']", "outside the project folder"),
     ("trust: ['']", "not a module or package name"),
     ("trsut: [x]", "unknown field trsut"),
     ("python: 3", "python must be a list of strings"),
