@@ -4,12 +4,13 @@ project's) or a class by its dotted name, built for the shapes of the run's data
 default `colors`, or `dataset=...`). Each check prints one line: `ok` with what it saw, `FAIL`
 with why, `skip` when an earlier failure leaves nothing to check; any failure exits 2.
 
-The checks: it builds (an aexp Autoencoder), encode and decode give float tensors of the right
-batch and output shape, forward gives Output(x_hat, z, extras), nothing is NaN/inf, the run's
-loss backpropagates to finite gradients, two builds under the seed are equal and an eval-mode
-forward repeats exactly, the state dict round-trips through a checkpoint, a variational model's
-mu/logvar fit its code, a bounded or discrete code keeps its promise, and encoder and decoder
-export as torch.export programs (--no-export skips it)."""
+The checks: it builds (an aexp Autoencoder), encode and decode give float tensors of the right batch
+and output shape (a conditional model's, given the batch's labels, heeding them), forward gives
+Output(x_hat, z, extras), nothing is NaN/inf, the run's loss backpropagates to finite gradients,
+two builds under the seed are equal and an eval-mode forward repeats exactly, the state dict
+round-trips through a checkpoint, a variational model's mu/logvar fit its code, a bounded or
+discrete code keeps its promise, and encoder and decoder export as torch.export programs
+(--no-export skips it)."""
 import copy
 import io
 import sys
@@ -25,12 +26,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aexp import project
-from aexp.assemble import build, build_loss, conf_dir, seed_everything
+from aexp.assemble import build, build_loss, build_model, conf_dir, seed_everything
 from aexp.errors import AexpError, ConfigError, one_line
-from aexp.models import Autoencoder
+from aexp.models import Autoencoder, call
 from aexp.report.export import to_pt2
-from aexp.run.steps import labels as split_labels
-from aexp.run.steps import preflight
+from aexp.run.steps import labels as split_labels, preflight
 
 
 class Skip(Exception):   # a check that does not apply (not variational, ...): printed, not failed
@@ -90,15 +90,15 @@ class Checks:
         idx = torch.arange(min(batch, len(self.data.train)))
         self.x, self.y = self.data.batch(self.data.train, idx)
         self.labels = split_labels(self.data.train, idx)
-        self.b, self.out_shape = len(idx), tuple(self.data.out_shape)
-        self.seen = {}
+        self.b, self.out_shape, self.seen = len(idx), tuple(self.data.out_shape), {}
 
     def fresh(self, seed: int):
         seed_everything(seed)
-        return build(self.cfg.model, in_shape=self.data.in_shape, out_shape=self.data.out_shape)
+        return build_model(self.cfg.model, self.data)   # (a conditional one gets num_classes)
 
     def build(self):
         self.model = self.fresh(self.cfg.seed)
+        self.given = (self.labels,) if getattr(self.model, "conditional", False) else ()   # (models.call)
         if not isinstance(self.model, Autoencoder):
             raise AssertionError(f"{type(self.model).__name__} is not an aexp.models.Autoencoder "
                                  f"(subclass it: the training loop calls its start_epoch, latent_range, ...)")
@@ -108,7 +108,7 @@ class Checks:
     def encode(self):
         self.model.eval()
         with torch.no_grad():
-            z = self.model.encode(self.x)
+            z = self.model.encode(self.x, *self.given)
         if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() < 2 or len(z) != self.b:
             raise AssertionError(f"encode(x) of a batch of {self.b} must be a float tensor [{self.b}, ...], "
                                  f"got {shape(z) if isinstance(z, torch.Tensor) else type(z).__name__}")
@@ -119,13 +119,15 @@ class Checks:
         if "z" not in self.seen:
             raise Skip("needs encode")
         with torch.no_grad():
-            x_hat = self.model.decode(self.seen["z"])
+            x_hat = self.model.decode(self.seen["z"], *self.given)
         want = (self.b, *self.out_shape)
         if not isinstance(x_hat, torch.Tensor) or tuple(x_hat.shape) != want or x_hat.dtype != self.y.dtype:
             got = shape(x_hat) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
             raise AssertionError(f"decode(z) must be the target's shape and dtype "
                                  f"[{', '.join(map(str, want))}] {str(self.y.dtype).replace('torch.', '')}, got {got}")
-        return f"x_hat {shape(x_hat)}"
+        if self.given and same(x_hat, self.model.decode(self.seen["z"], (self.labels + 1) % self.model.num_classes).detach()) is None:
+            raise AssertionError("decode(z, labels) gives the same output for other labels: they reach nothing")
+        return f"x_hat {shape(x_hat)}" + ("; changes with the class label" if self.given else "")
 
     def forward(self):
         self.model.train()
@@ -144,8 +146,7 @@ class Checks:
         self.model.eval()
         with torch.no_grad():
             out = self.model(self.x)
-        tensors = {"x_hat": out.x_hat, "z": out.z, **{k: v for k, v in out.extras.items()
-                                                       if isinstance(v, torch.Tensor)}}
+        tensors = {"x_hat": out.x_hat, "z": out.z, **{k: v for k, v in out.extras.items() if isinstance(v, torch.Tensor)}}
         bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
             raise AssertionError(f"NaN or inf in {', '.join(bad)} of an eval-mode forward pass")
@@ -156,7 +157,7 @@ class Checks:
         preflight(self.model, loss_fn, self.data)
         self.model.train()
         self.model.zero_grad(set_to_none=True)
-        terms = loss_fn(self.model(self.x), self.x, self.y, self.model, labels=self.labels)
+        terms = loss_fn(call(self.model, self.x, self.labels), self.x, self.y, self.model, labels=self.labels)
         if not torch.isfinite(terms["loss"]):
             raise AssertionError(f"the loss ({', '.join(loss_fn.terms)}) is {float(terms['loss'])}")
         terms["loss"].backward()
@@ -246,7 +247,7 @@ class Checks:
         if not self.export:
             raise Skip("--no-export")
         with tempfile.TemporaryDirectory() as tmp:
-            diffs = to_pt2(self.model.to(memory_format=torch.contiguous_format), self.x.contiguous(), Path(tmp))
+            diffs = to_pt2(self.model.to(memory_format=torch.contiguous_format), self.x.contiguous(), Path(tmp), self.labels)
         return f"encoder and decoder as torch.export programs (largest difference {max(diffs.values()):.2g})"
 
 

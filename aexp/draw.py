@@ -62,18 +62,24 @@ def plane_points(bounds, n: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode(model, z, batch: int = 1024) -> torch.Tensor:
+def decode(model, z, batch: int = 1024, label: int | None = None) -> torch.Tensor:
     """The decoder's float output for the codes `z` (any array), `batch` codes at a time, on the
-    model's device."""
+    model's device; `label`: the class a conditional model decodes every code as (its own
+    default when None)."""
     dev = next(model.parameters()).device
     z = torch.as_tensor(z, dtype=torch.float32)
-    return torch.cat([model.decode(z[i:i + batch].to(dev)).float() for i in range(0, len(z), batch)])
+    out = []
+    for i in range(0, len(z), batch):
+        c = z[i:i + batch].to(dev)
+        labels = () if label is None else (torch.full((len(c),), label, device=dev),)
+        out.append(model.decode(c, *labels).float())
+    return torch.cat(out)
 
 
-def decoded(model, data, z, batch: int = 1024) -> np.ndarray:
+def decoded(model, data, z, batch: int = 1024, label: int | None = None) -> np.ndarray:
     """The decoder's output for the codes `z` as uint8 tiles, shown the way the data shows itself
     (`Data.to_rgb`; a colourisation decoder's a,b over a mid-grey L)."""
-    return tiles(data.to_rgb(None, decode(model, z, batch)))
+    return tiles(data.to_rgb(None, decode(model, z, batch, label)))
 
 
 class Raw:

@@ -16,6 +16,7 @@ ZOO = {
     "linear": [],
     "mlp": ["dataset=digits", "model.hidden=[16]"],
     "vae": ["dataset=digits", "model.hidden=[16]"],
+    "cvae": ["dataset=digits", "model.hidden=[16]"],
     "overcomplete": ["dataset=mnist", "dataset.val_size=20"],   # 784 -> 784 -> 784: MNIST's size
     "conv": ["dataset=digits", "model.channels=[4,8]"],
     "conv_vae": ["dataset=digits", "model.channels=[4,8]", "model.latent_dim=4"],
@@ -26,7 +27,7 @@ ZOO = {
     "resconv": ["dataset=digits", "model.channels=[4,8]", "model.groups=2"],
     "resconv_vae": ["dataset=digits", "model.channels=[4,8]", "model.latent_channels=2"],
 }
-EXPORTED = ("linear", "vae")   # torch.export costs seconds a model: a few in the fast suite
+EXPORTED = ("linear", "vae", "cvae")   # torch.export costs seconds a model: a few in the fast suite
 
 
 def test_every_model_option_is_covered():
@@ -41,8 +42,10 @@ def test_every_aexp_model_keeps_the_contract(model, tmp_path):
     failed = run(compose_for(model, ZOO[model] + extra), export=model in EXPORTED, out=lines.append)
     assert failed == [], "\n".join(lines)
     assert sum(line.startswith("  ok") for line in lines) >= 8, "\n".join(lines)
-    if model in ("vae", "conv_vae", "resconv_vae"):
+    if model in ("vae", "cvae", "conv_vae", "resconv_vae"):
         assert any(line.startswith("  ok    variational") for line in lines), "\n".join(lines)
+    if model == "cvae":   # given the labels, its decoder heeds them
+        assert any(line.startswith("  ok    decode") and "class label" in line for line in lines), "\n".join(lines)
 
 
 class Toy(Autoencoder):

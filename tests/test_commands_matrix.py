@@ -21,6 +21,7 @@ MODELS = {
     "linear": (COLORS, MNIST),
     "mlp": (["model.hidden=[16]", *MNIST], ["model.hidden=[16]", "model.activation=[relu,relu]", *MNIST]),
     "vae": (["model.hidden=[16]", *MNIST], ["model.hidden=[16]", "model.activation=banana", *MNIST]),
+    "cvae": (["model.hidden=[16]", *MNIST], ["model.hidden=[16]", *COLORS]),   # colours: no labels
     "overcomplete": (MNIST, MNIST32),
     "conv": (["model.channels=[4,8]", *MNIST], ["model.channels=[4,8]", *COLORS]),
     "conv_vae": (["model.channels=[4,8]", "model.latent_dim=4", *MNIST],

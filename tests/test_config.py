@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from aexp.data import Data, Split
-from aexp.models import Output
+from aexp.models import Output, call
 from aexp.assemble import build_schedule
-from aexp.assemble import build, check_config
+from aexp.assemble import build, build_model, check_config
 from aexp.run.steps import preflight
 from conftest import options
 
@@ -38,11 +38,11 @@ def _data_for(cfg) -> Data:
 def test_model_builds_and_trains_a_step(compose_cfg, model):
     cfg = compose_cfg([f"model={model}"])
     data = _data_for(cfg)
-    net = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape)
+    net = build_model(cfg.model, data)   # (a conditional model gets the classes)
     loss_fn = build(cfg.loss)
     preflight(net, loss_fn, data)
     x = data.train.x[:4].float() / (255 if data.kind == "image" else 1)
-    out = net(x)
+    out = call(net, x, data.train.y[:4] if data.train.y is not None else None)
     assert isinstance(out, Output) and out.x_hat.shape == x.shape
     opt = build(cfg.optimizer, params=net.parameters())
     loss = loss_fn(out, x, x, net)["loss"]

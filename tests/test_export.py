@@ -28,6 +28,7 @@ MODELS = {
     "mlp": ((1, 8, 8), ["model.hidden=[16]"]),
     "overcomplete": ((1, 28, 28), []),
     "vae": ((1, 8, 8), ["model.hidden=[16]"]),
+    "cvae": ((1, 8, 8), ["model.hidden=[16]"]),   # its graphs take the labels as a second input
     "conv": ((1, 9, 9), ["model.channels=[4,8]", "model.upsample=shuffle"]),   # odd sides too
     "conv_vae": ((3, 8, 8), ["model.channels=[4,8]", "model.latent_dim=3"]),
     "vqvae": ((1, 8, 8), ["model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=2"]),
@@ -37,6 +38,7 @@ MODELS = {
     "resconv": ((1, 9, 7), ["model.channels=[4,8]"]),   # odd sides: sizes recorded per input
     "resconv_vae": ((3, 8, 8), ["model.channels=[4,8]", "model.latent_channels=2"]),
 }
+CLASSES = {"cvae": 3}   # a conditional model's number of classes (the data's, in a run)
 BATCH = 7   # neither export.EXAMPLE nor export.CHECK: the batch axis really is dynamic
 
 
@@ -58,7 +60,9 @@ def tiny_model(compose_cfg, name):
     a graph normalising with batch statistics, training mode, would not match)."""
     shape, overrides = MODELS[name]
     torch.manual_seed(0)
-    model = build(compose_cfg([f"model={name}", *overrides]).model, in_shape=shape, out_shape=shape)
+    classes = {"num_classes": CLASSES[name]} if name in CLASSES else {}
+    model = build(compose_cfg([f"model={name}", *overrides]).model, in_shape=shape, out_shape=shape,
+                  **classes)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.running_mean.normal_(0, 0.5)
@@ -71,23 +75,27 @@ def tiny_model(compose_cfg, name):
 def test_every_model_exports_to_every_format(name, compose_cfg, tmp_path):
     model, shape = tiny_model(compose_cfg, name)
     x = torch.rand(BATCH, *shape)
+    labels = torch.arange(BATCH) % CLASSES[name] if name in CLASSES else None
+    given = () if labels is None else (labels,)   # a conditional model's second input
     with torch.no_grad():
-        z = model.encode(x)
-        want = {"encoder": z, "decoder": model.decode(z)}
-    inputs = {"encoder": x, "decoder": z}
+        z = model.encode(x, *given)
+        want = {"encoder": z, "decoder": model.decode(z, *given)}
+    inputs = {"encoder": (x, *given), "decoder": (z, *given)}
 
-    export.to_onnx(model, x[:export.CHECK], tmp_path)
+    export.to_onnx(model, x[:export.CHECK], tmp_path, None if labels is None else labels[:export.CHECK])
     for part in want:
         session = onnxruntime.InferenceSession(str(tmp_path / f"{part}.onnx"),
                                                providers=["CPUExecutionProvider"])
-        (got,) = session.run(None, {session.get_inputs()[0].name: inputs[part].numpy()})
+        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs[part])}
+        assert len(feed) == len(inputs[part])
+        (got,) = session.run(None, feed)
         np.testing.assert_allclose(got, want[part].numpy(), atol=1e-5, rtol=1e-5, err_msg=f"{name} {part}.onnx")
 
-    export.to_pt2(model, x[:export.CHECK], tmp_path)
+    export.to_pt2(model, x[:export.CHECK], tmp_path, None if labels is None else labels[:export.CHECK])
     for part in want:
         program = torch.export.load(tmp_path / f"{part}.pt2").module()
         with torch.no_grad():
-            torch.testing.assert_close(program(inputs[part]), want[part], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(program(*inputs[part]), want[part], atol=1e-5, rtol=1e-5)
 
     meta = {"model": {"_target_": "ignored here"}, "in_shape": list(shape), "out_shape": list(shape)}
     export.to_safetensors(model, meta, tmp_path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from aexp.assemble import build, build_loss
+from aexp.models import call
 from aexp.run import precision as prec
 from aexp.run.steps import autocast
 from conftest import make_mnist, options, run_cli
@@ -23,6 +24,7 @@ TINY = {
     "linear": ([], (3,), (3,)),
     "mlp": (["model.hidden=[32]"], (1, 28, 28), (1, 28, 28)),
     "vae": (["model.hidden=[32]"], (1, 28, 28), (1, 28, 28)),
+    "cvae": (["model.hidden=[32]"], (1, 28, 28), (1, 28, 28)),
     "overcomplete": ([], (1, 28, 28), (1, 28, 28)),
     "conv": (["model.channels=[4,8]"], (1, 28, 28), (1, 28, 28)),
     "conv_vae": (["model.channels=[4,8]", "model.latent_dim=4"], (1, 28, 28), (1, 28, 28)),
@@ -48,15 +50,17 @@ def _losses(compose_cfg, name, precision):
     overrides, in_shape, out_shape = TINY[name]
     cfg = compose_cfg([f"model={name}", *overrides])
     torch.manual_seed(0)
-    model = build(cfg.model, in_shape=in_shape, out_shape=out_shape)
+    classes = {"num_classes": 10} if name == "cvae" else {}   # a conditional model's, from the data
+    model = build(cfg.model, in_shape=in_shape, out_shape=out_shape, **classes)
     loss_fn, opt = build_loss(cfg.loss, data_size=64), build(cfg.optimizer, params=model.parameters())
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(STEPS, BATCH.get(name, 8), *in_shape, generator=gen)
+    labels = torch.arange(BATCH.get(name, 8)) % 10
     losses = []
     for s in range(STEPS):
         y = x[s] if in_shape == out_shape else x[s].expand(-1, out_shape[0], -1, -1)
         with autocast(precision, CPU):
-            loss = loss_fn(model(x[s]), x[s], y, model)["loss"]
+            loss = loss_fn(call(model, x[s], labels), x[s], y, model)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -7,7 +7,8 @@ from torchvision.models import vgg
 
 from aexp.data import Data, Split
 from aexp.errors import ConfigError
-from aexp.assemble import build, build_loss, code_size
+from aexp.assemble import build, build_loss, build_model, code_size
+from aexp.models import call
 from aexp.run.steps import preflight
 from conftest import options
 
@@ -17,6 +18,7 @@ MODELS = {
     "linear": ([], [((3,), (3,))]),
     "mlp": (["model.hidden=[16]"], [((3,), (3,)), IMG(1, 28), IMG(3, 32)]),
     "vae": (["model.hidden=[16]"], [IMG(1, 28), IMG(3, 32)]),
+    "cvae": (["model.hidden=[16]"], [IMG(1, 28), IMG(3, 32)]),   # (images only: they carry labels)
     "overcomplete": ([], [IMG(1, 28)]),
     "conv": (["model.channels=[4,8]"],
              [IMG(1, 28), IMG(3, 32), IMG(3, 64), IMG(3, 128), IMG(3, 218, 178)]),
@@ -59,7 +61,7 @@ def _build(compose_cfg, model, loss, shapes, vgg_file):
                        *LOSS_OVERRIDES.get(loss, lambda f: [])(vgg_file)])
     if key not in _cache:       # building ResNets is slow: one per shape, shared across losses
         torch.manual_seed(0)
-        _cache[key] = build(cfg.model, in_shape=shapes[0], out_shape=shapes[1])
+        _cache[key] = build_model(cfg.model, _data(shapes))   # (a conditional model: the classes)
     # a term sized by the model's code (a FactorVAE discriminator) is built per code size
     code = code_size(_cache[key], torch.rand(1, *shapes[0])) if loss in SIZED_BY_CODE else None
     channels = shapes[1][0] if loss in SIZED_BY_IMAGE else None
@@ -87,7 +89,7 @@ def _data(shapes, n=4):
 
 def compatible(model, net, loss, data, out_shape) -> bool:
     """What each loss needs, stated independently of the code under test."""
-    variational = model in ("vae", "conv_vae", "resconv_vae")
+    variational = model in ("vae", "cvae", "conv_vae", "resconv_vae")
     if loss in ("vae", "vae_cb", "iwae", "btcvae", "factorvae", "dipvae", "beta_vae_capacity",
                 "info_vae", "vamp"):
         # a posterior mu, logvar
@@ -134,7 +136,7 @@ def test_model_loss_size(compose_cfg, vgg_file, model, shapes, loss):
     net.train()
     idx = torch.arange(4)
     x, y = data.batch(data.train, idx)
-    out = net(x)
+    out = call(net, x, data.train.y)
     assert out.x_hat.shape == y.shape == (4, *shapes[1])
     terms = loss_fn(out, x, y, net, labels=data.train.y)
     assert all(torch.isfinite(v) for v in terms.values()), terms

@@ -26,7 +26,7 @@ from aexp.errors import AexpError, CheckpointError, ConfigError, unwrap
 from aexp.models import cost
 
 __all__ = ["AUTO", "CHOICES", "EVAL_NUMBERS", "EVAL_SECTIONS", "KINDS", "MINIMUM", "LoadedRun",
-           "allowed_targets", "build", "build_loss", "build_parts", "build_schedule", "check_config",
+           "allowed_targets", "build", "build_loss", "build_model", "build_parts", "build_schedule", "check_config",
            "check_objective", "check_values", "code_size", "conf_dir", "defaults", "load_run",
            "resolve_device", "seed_everything", "upgrade"]
 
@@ -106,11 +106,26 @@ def build_schedule(node, optimizer, total_steps: int):
     return build(node, optimizer=optimizer, **extra)
 
 
+def build_model(node, data):
+    """The model for `data`'s shapes; a conditional one (`conditional = True` on its class,
+    aexp.models.base) also gets the number of classes, and is refused on unlabelled data."""
+    try:
+        conditional = getattr(get_class(node["_target_"]), "conditional", False) is True
+    except Exception:   # not found or not importable: `build` says so in its own words
+        conditional = False
+    if conditional and not data.num_classes:
+        raise ConfigError(f"model {node._target_.rsplit('.', 1)[-1]} is conditional and needs class "
+                          f"labels, but dataset {data.name} has none; pick a labelled dataset "
+                          f"(e.g. dataset=digits)")
+    classes = {"num_classes": data.num_classes} if conditional else {}
+    return build(node, in_shape=data.in_shape, out_shape=data.out_shape, **classes)
+
+
 def build_parts(cfg, device) -> tuple:
     """Data (resident on `device`, with the run's task and corruption), model and loss of a
     run config: what training, evaluation and every command that loads a finished run share."""
     data = build(cfg.dataset).prepare(build(cfg.task), build(cfg.corruption)).to(device)
-    model = build(cfg.model, in_shape=data.in_shape, out_shape=data.out_shape).to(device)
+    model = build_model(cfg.model, data).to(device)
     x, _ = data.batch(data.train, torch.arange(min(1, len(data.train)), device=data.train.x.device))
     if cost.channels_last(cfg.train.get("channels_last", "auto"), model, device, x):
         model = model.to(memory_format=torch.channels_last)   # when it pays: aexp.models.cost

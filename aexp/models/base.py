@@ -13,7 +13,12 @@ offers:
 - `codebook_size` and `code_indices(x)`: for a model with a discrete code (VQ), the number of
   codes and each position's code index; None otherwise (a continuous code);
 - `weight_product()`: the product of the weight matrices of a dense model (the W2·W1 picture),
-  None for models where it means nothing.
+  None for models where it means nothing;
+- `conditional`: True for a model that also takes class labels (a CVAE, aexp.models.dense):
+  it is built with the data's `num_classes` and offers `encode(x, labels=None)`,
+  `decode(z, labels=None)`, `forward(x, labels=None)`. Callers that have labels (training,
+  validation, evaluation) pass them through `call`; callers that have none (frames, samplers,
+  explorer) leave them out and get the model's documented default (class 0).
 """
 from typing import NamedTuple
 
@@ -33,6 +38,7 @@ class Autoencoder(nn.Module):
     """Base class: subclasses set their layers and implement `encode` and `decode`."""
     latent_range = None
     codebook_size = None
+    conditional = False   # True: encode/decode/forward also take class labels (see above)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -52,6 +58,13 @@ class Autoencoder(nn.Module):
 
     def code_indices(self, x: torch.Tensor) -> torch.Tensor | None:
         return None
+
+
+def call(model, x: torch.Tensor, labels: torch.Tensor | None = None, net=None) -> Output:
+    """`model(x)`, with the class labels passed only to a conditional model (others never see
+    them). `net`: the model as wrapped for training (DDP, torch.compile), called in its place."""
+    net = model if net is None else net
+    return net(x, labels) if model.conditional else net(x)
 
 
 # Named activations usable in config ("none" is the identity).

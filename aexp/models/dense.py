@@ -1,4 +1,5 @@
-"""Dense (fully connected) autoencoders: the linear colour AE, the MLP AE and the Gaussian VAE."""
+"""Dense (fully connected) autoencoders: the linear colour AE, the MLP AE, the Gaussian VAE and
+its conditional form (CVAE: class labels into encoder and decoder)."""
 import math
 
 import torch
@@ -77,27 +78,33 @@ class MLP(Autoencoder):
 
 class VAE(Autoencoder):
     """Dense Gaussian VAE: encoder -> (mu, log-variance) heads; z = mu + sigma * eps while
-    training, z = mu at evaluation; decoder mirrors the encoder."""
+    training, z = mu at evaluation; decoder mirrors the encoder. `label_width`: extra inputs
+    the encoder and the decoder take beside the image and the code (a CVAE's one-hot labels)."""
 
     def __init__(self, in_shape, out_shape, hidden=(512,), latent_dim=2, activation="relu",
-                 output_activation="sigmoid"):
+                 output_activation="sigmoid", label_width: int = 0):
         super().__init__()
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
-        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        n_in, n_out = math.prod(self.in_shape) + label_width, math.prod(self.out_shape)
         hidden = list(hidden)
         self.latent_dim = latent_dim
         self.body = nn.Sequential(nn.Flatten(), *_stack([n_in] + hidden, activation))
         width = ([n_in] + hidden)[-1]
         self.mu = nn.Linear(width, latent_dim)
         self.logvar = nn.Linear(width, latent_dim)
+        code = latent_dim + label_width
         self.decoder = nn.Sequential(
-            *_stack([latent_dim] + hidden[::-1], activation),
-            nn.Linear(([latent_dim] + hidden[::-1])[-1], n_out), make_act(output_activation),
+            *_stack([code] + hidden[::-1], activation),
+            nn.Linear(([code] + hidden[::-1])[-1], n_out), make_act(output_activation),
         )
 
     def posterior(self, x):
         h = self.body(x)
         return self.mu(h), self.logvar(h)
+
+    def draw(self, mu, logvar):
+        """The code: a reparameterised sample while training, the mean at evaluation."""
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
 
     def encode(self, x):
         return self.posterior(x)[0]
@@ -107,5 +114,44 @@ class VAE(Autoencoder):
 
     def forward(self, x):
         mu, logvar = self.posterior(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        z = self.draw(mu, logvar)
         return Output(self.decode(z), z, {"mu": mu, "logvar": logvar})
+
+
+class CVAE(VAE):
+    """Conditional VAE (Sohn et al., 2015): the class label, one-hot, is joined to the flattened
+    input of the encoder and to the code the decoder reads, so the code need not carry the
+    class. Built with the data's `num_classes` (a dataset without labels is refused before
+    training). Without labels (frames, samplers, the explorer) it reads them as class 0."""
+    conditional = True
+
+    def __init__(self, in_shape, out_shape, num_classes=None, hidden=(512,), latent_dim=2,
+                 activation="relu", output_activation="sigmoid"):
+        if not num_classes:
+            raise ConfigError("a conditional model needs class labels: pick a labelled dataset "
+                              "(e.g. dataset=digits or dataset=mnist)")
+        super().__init__(in_shape, out_shape, hidden, latent_dim, activation, output_activation,
+                         label_width=num_classes)
+        self.num_classes = int(num_classes)
+
+    def one_hot(self, labels, like: torch.Tensor) -> torch.Tensor:
+        """[N, num_classes] one-hot rows for `labels` (None: class 0 for every row of `like`)."""
+        if labels is None:   # (built from `like`, not len(like): an exported graph keeps its batch axis)
+            return nn.functional.pad(torch.ones_like(like[:, :1]), (0, self.num_classes - 1))
+        classes = torch.arange(self.num_classes, device=like.device)
+        return (labels.long().unsqueeze(1) == classes).to(like.dtype)   # (one_hot, export-friendly)
+
+    def posterior(self, x, labels=None):
+        flat = x.flatten(1)
+        return super().posterior(torch.cat([flat, self.one_hot(labels, flat)], 1))
+
+    def encode(self, x, labels=None):
+        return self.posterior(x, labels)[0]
+
+    def decode(self, z, labels=None):
+        return super().decode(torch.cat([z, self.one_hot(labels, z)], 1))
+
+    def forward(self, x, labels=None):
+        mu, logvar = self.posterior(x, labels)
+        z = self.draw(mu, logvar)
+        return Output(self.decode(z, labels), z, {"mu": mu, "logvar": logvar})

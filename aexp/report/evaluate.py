@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from aexp.assemble import check_values, conf_dir, load_run
 from aexp.errors import ArgumentParser
 from aexp.io import atomic_write, flatten, read_csv
-from aexp.models import quantize
+from aexp.models import call, quantize
 from aexp.report import baselines, eval_json, measures, quality, sample
 from aexp.report import factors as factors_of
 from aexp.report import scores as scores_of
@@ -50,8 +50,9 @@ def predict(model, data, split, batch_size: int) -> dict:
     parts = {}
     n = len(split)
     for i in range(0, n, batch_size):
-        x, y = data.batch(split, torch.arange(i, min(i + batch_size, n), device=split.x.device))
-        out = model(x)
+        idx = torch.arange(i, min(i + batch_size, n), device=split.x.device)
+        x, y = data.batch(split, idx)
+        out = call(model, x, None if split.y is None else split.y[idx])   # (labels: a conditional model)
         got = {"x": x, "y": y, "x_hat": out.x_hat, "z": out.z}
         if "mu" in out.extras and "logvar" in out.extras:
             got.update(mu=out.extras["mu"], logvar=out.extras["logvar"])

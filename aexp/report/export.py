@@ -7,6 +7,7 @@ load, each file checked against the model before the command says it is done.
 - onnx: `encoder.onnx` (x -> z) and `decoder.onnx` (z -> x_hat), by torch's dynamo exporter
   (it needs onnxscript), checked with ONNX Runtime;
 - pt2: `encoder.pt2` and `decoder.pt2`, `torch.export` programs (`torch.export.load`).
+A conditional model's graphs take the class labels (int64 [N]) as a second input, `labels`.
 The graphs have a dynamic batch axis (exported at batch EXAMPLE, checked at batch CHECK) and the
 run's own image size; they take the model's input as the run's data gives it (`task.normalize`
 applied). They are `encode` and `decode`: a VAE's encoder gives the posterior mean μ (no
@@ -55,20 +56,30 @@ class Part(nn.Module):
         super().__init__()
         self.model, self.method = model, method
 
-    def forward(self, t):
-        return getattr(self.model, self.method)(t)
+    def forward(self, t, labels=None):   # (labels: a conditional model's second input)
+        method = getattr(self.model, self.method)
+        return method(t) if labels is None else method(t, labels)
 
 
-def parts(model: nn.Module, x: torch.Tensor) -> list[tuple]:
-    """(file stem, module, input name, output name, input) for the encoder and the decoder,
-    each input a batch of CHECK: test inputs, and their codes."""
+def parts(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None) -> list[tuple]:
+    """(file stem, module, input names, output name, inputs) for the encoder and the decoder,
+    each input a batch of CHECK: test inputs, and their codes; a conditional model's graphs
+    take the class labels (int64 [N]) as a second input, `labels`."""
     model.eval()
+    given = (labels,) if model.conditional else ()
     with torch.no_grad():
-        z = model.encode(x)
+        z = model.encode(x, *given)
+    names = ("labels",) if given else ()
     # eval() on the wrappers too: an exporter that restores a wrapper's mode afterwards would
     # otherwise put the model back into training mode (BatchNorm on batch statistics)
-    return [("encoder", Part(model, "encode").eval(), "x", "z", x),
-            ("decoder", Part(model, "decode").eval(), "z", "x_hat", z)]
+    return [("encoder", Part(model, "encode").eval(), ("x", *names), "z", (x, *given)),
+            ("decoder", Part(model, "decode").eval(), ("z", *names), "x_hat", (z, *given))]
+
+
+def batch_axes(inputs: tuple) -> tuple:
+    """One dynamic batch axis shared by every input."""
+    batch = torch.export.Dim("batch", min=1)
+    return tuple({0: batch} for _ in inputs)
 
 
 def check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
@@ -84,35 +95,35 @@ def _export_error(fmt: str, name: str, e: Exception) -> AexpError:
     return AexpError(f"cannot export the {name} to {fmt}: {text} (AEXP_DEBUG=1 shows the traceback)")
 
 
-def to_onnx(model: nn.Module, x: torch.Tensor, out: Path) -> dict:
+def to_onnx(model: nn.Module, x: torch.Tensor, out: Path, labels=None) -> dict:
     """encoder.onnx and decoder.onnx; {file: largest difference from the model at batch CHECK}."""
     import onnxruntime
     found = {}
-    for name, part, inp, outp, t in parts(model, x):
+    for name, part, inp, outp, t in parts(model, x, labels):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # the exporter's notes on its own internals
-                program = torch.onnx.export(part, (t[:EXAMPLE],), dynamo=True, input_names=[inp],
-                                            output_names=[outp], verbose=False,
-                                            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+                program = torch.onnx.export(part, tuple(a[:EXAMPLE] for a in t), dynamo=True,
+                                            input_names=list(inp), output_names=[outp], verbose=False,
+                                            dynamic_shapes=batch_axes(t))
             data = program.model_proto.SerializeToString()
         except Exception as e:
             raise _export_error("ONNX", name, e) from e
         atomic_write(out / f"{name}.onnx", lambda f: f.write(data))
         session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {inp: t.numpy()})[0])
+        got = torch.from_numpy(session.run(None, {k: a.numpy() for k, a in zip(inp, t)})[0])
         with torch.no_grad():
-            found[f"{name}.onnx"] = check(f"{name}.onnx", got, part(t))
+            found[f"{name}.onnx"] = check(f"{name}.onnx", got, part(*t))
     return found
 
 
-def to_pt2(model: nn.Module, x: torch.Tensor, out: Path) -> dict:
+def to_pt2(model: nn.Module, x: torch.Tensor, out: Path, labels=None) -> dict:
     """encoder.pt2 and decoder.pt2 (torch.export programs); differences as `to_onnx`."""
     found = {}
-    for name, part, _, _, t in parts(model, x):
+    for name, part, _, _, t in parts(model, x, labels):
         try:
-            program = torch.export.export(part, (t[:EXAMPLE],),
-                                          dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+            program = torch.export.export(part, tuple(a[:EXAMPLE] for a in t),
+                                          dynamic_shapes=batch_axes(t))
         except Exception as e:
             raise _export_error("pt2", name, e) from e
         buffer = io.BytesIO()
@@ -120,7 +131,7 @@ def to_pt2(model: nn.Module, x: torch.Tensor, out: Path) -> dict:
         atomic_write(out / f"{name}.pt2", lambda f: f.write(buffer.getvalue()))
         buffer.seek(0)
         with torch.no_grad():   # the program as it will be loaded, not as it was traced
-            found[f"{name}.pt2"] = check(f"{name}.pt2", torch.export.load(buffer).module()(t), part(t))
+            found[f"{name}.pt2"] = check(f"{name}.pt2", torch.export.load(buffer).module()(*t), part(*t))
     return found
 
 
@@ -158,7 +169,9 @@ def read_safetensors(path: Path, device: str = "cpu") -> nn.Module:
     trust.check_config({"model": model_cfg}, allowed_targets(), path)
     if model_cfg.get("weights"):   # a pretrained file to start from: every weight is in `state`
         model_cfg["weights"] = None
-    model = build(OmegaConf.create(model_cfg), in_shape=tuple(in_shape), out_shape=tuple(out_shape))
+    classes = {"num_classes": json.loads(meta["num_classes"])} if "num_classes" in meta else {}
+    model = build(OmegaConf.create(model_cfg), in_shape=tuple(in_shape), out_shape=tuple(out_shape),
+                  **classes)   # (a conditional model's number of classes)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -174,21 +187,26 @@ def export(run, fmt: str, out: Path, checkpoint: str) -> dict:
     require(fmt)
     model = run.model.to(memory_format=torch.contiguous_format)   # (training keeps NHWC weights)
     data = run.data
-    x, _ = data.batch(data.test, torch.arange(CHECK, device=data.test.x.device) % len(data.test))
+    idx = torch.arange(CHECK, device=data.test.x.device) % len(data.test)
+    x, _ = data.batch(data.test, idx)
     x = x.cpu().contiguous()
+    labels = data.test.y[idx].cpu() if model.conditional else None
     with torch.no_grad():
         model.eval()
         z, extras = model.encode(x), model(x).extras
     config = OmegaConf.to_container(run.cfg, resolve=True)
     meta = {"model": config["model"], "in_shape": list(data.in_shape), "out_shape": list(data.out_shape),
-            "config": config}
+            "config": config, **({"num_classes": model.num_classes} if model.conditional else {})}
     out = Path(out)
     writer = {"safetensors": lambda: to_safetensors(model, meta, out),
-              "onnx": lambda: to_onnx(model, x, out), "pt2": lambda: to_pt2(model, x, out)}[fmt]
+              "onnx": lambda: to_onnx(model, x, out, labels), "pt2": lambda: to_pt2(model, x, out, labels)}[fmt]
     diffs = writer()
     graphs, notes = fmt != "safetensors", []
     if "mu" in extras:
         notes.append("variational: the encoder gives the posterior mean mu (encode), no sample")
+    if model.conditional:
+        notes.append(f"conditional: encoder and decoder take the class labels (int64 [N], 0 to "
+                     f"{model.num_classes - 1}) as a second input, `labels`")
     if model.codebook_size is not None:
         notes.append(f"vector-quantised: the decoder snaps its input to the nearest of "
                      f"{model.codebook_size} codebook vectors")

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from aexp.losses.variational import decoder_log_prob
+from aexp.models import call
 from aexp.report import measures
 
 
@@ -26,7 +27,6 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
     binarize = ev.likelihood == "bernoulli" and ev.binarize and data.kind == "image"
     # the decoder's likelihood (bernoulli or gaussian, checked by build) as the IWAE loss has it
     likelihood = decoder_log_prob(str(ev.likelihood), float(ev.gaussian_sigma))
-    log_px = lambda x, z: likelihood(x, z, model.decode)
     # a model whose prior is not N(0, I) (a VampPrior VAE: aexp.losses.vamp binds it) gives its own
     log_prior = getattr(model, "log_prior", None)
     if mean_image is not None and ev.likelihood == "bernoulli":
@@ -35,13 +35,16 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
         mean_image = mean_image.to(device)
     nll, elbo, base = [], [], []
     for i in range(0, n, int(ev.nll_batch)):
-        _, y = data.batch(data.test, torch.arange(i, min(i + int(ev.nll_batch), n), device=device))
+        idx = torch.arange(i, min(i + int(ev.nll_batch), n), device=device)
+        _, y = data.batch(data.test, idx)
+        labels = data.test.y[idx] if model.conditional else None   # a CVAE: p(x | z, label)
         if binarize:
             y = binarized(y, i, int(ev.seed))
         if mean_image is not None:
             constant = lambda z: mean_image.expand(len(y), *mean_image.shape)
             base.append(-likelihood(y, None, constant).cpu())
-        extras = model(y).extras
+        extras = call(model, y, labels).extras
+        log_px = lambda x, z: likelihood(x, z, decoder(model, labels))
         lw = measures.importance_log_weights(y, extras["mu"], extras["logvar"], log_px, k,
                                              generator=gen, log_prior=log_prior)
         a, b = measures.nll_and_elbo(lw)
@@ -52,7 +55,17 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
     out = {"nll": torch.cat(nll).mean().item(), "elbo": torch.cat(elbo).mean().item(),
            "samples": k, "images": n, "likelihood": str(ev.likelihood), "data": form,
            "prior": "N(0, I)" if log_prior is None else getattr(log_prior, "name", "the model's own")}
+    if model.conditional:   # a CVAE's numbers are -log p(x | label): not comparable with a VAE's
+        out["given"] = "the test image's class label"
     return out, (torch.cat(base).mean().item() if base else None)
+
+
+def decoder(model, labels):
+    """`model.decode`; for a conditional model, with `labels` repeated over the importance
+    samples (the codes come sample-major: [k * N, D] for N labels)."""
+    if labels is None:
+        return model.decode
+    return lambda z: model.decode(z, labels.repeat(len(z) // len(labels)))
 
 
 def binarized(y: torch.Tensor, first: int, seed: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """A run's pictures, in `RUN_DIR/pictures/`: image grids drawn with numpy + PIL (reconstructions,
-denoising, colourisation, samples, decoded latent plane, interpolations) and, through
+denoising, colourisation, samples, decoded latent plane, interpolations; for a conditional model
+the samples and the plane per class) and, through
 `report/plots.py`, the matplotlib figures (loss curves, latent scatter, W2·W1, accuracy curve).
 
 Images are shown the way the data is: grey or RGB images as themselves, colour vectors as
@@ -96,6 +97,8 @@ def make_all(run, pred: dict, report: dict, ev) -> list[Path]:
         files += interpolations(out, model, data, pred, seed)
     elif task == "reconstruct":   # a colourisation decoder's a,b mean nothing without an L input
         files += decoder_pictures(out, model, data, pred, seed)
+        if model.conditional:     # the pictures above show its default class (0); these, each class
+            files += per_class(out, model, data, pred["z"], seed)
     product = model.weight_product()
     if product is not None:
         files.append(plots.heatmap(product.detach().float().cpu().numpy(),
@@ -175,6 +178,24 @@ def decode(model, z: torch.Tensor, data) -> np.ndarray:
     if data.kind == "colors":
         return np.kron(draw.decoded(model, data, z), np.ones((SWATCH, SWATCH, 1), np.uint8))
     return draw.decoded(model, data, z)
+
+
+def per_class(out, model, data, z, seed: int, n: int = 10, side: int = 8, span: float = 2.5) -> list[Path]:
+    """A conditional model's pictures: `samples_per_class.png`, one row per class decoding the
+    same `n` codes z ~ N(0, I) as that class (a column: one code, one "style", in every class),
+    and for a 2-D code `latent_plane_per_class.png`, one small panel per class: the decoder
+    over the same `side` x `side` grid of [-span, span]^2 (± span σ of the prior)."""
+    classes = range(model.num_classes)
+    codes = torch.randn(n, *z.shape[1:], generator=torch.Generator().manual_seed(seed))
+    rows = np.concatenate([draw.decoded(model, data, codes, label=c) for c in classes])
+    files = [save(draw.grid(rows, n), out / "samples_per_class.png", rows.shape[1])]
+    if z.dim() == 2 and z.shape[1] == 2:
+        pts = draw.plane_points((-span, span, -span, span), side)
+        panels = np.stack([draw.grid(draw.decoded(model, data, pts, label=c), side, pad=1)
+                           for c in classes])
+        files.append(save(draw.grid(panels, min(5, len(panels)), pad=6),
+                          out / "latent_plane_per_class.png", rows.shape[1]))
+    return files
 
 
 def latent_plane(out, model, data, z) -> list[Path]:

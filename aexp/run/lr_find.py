@@ -13,6 +13,7 @@ import torch
 
 from aexp.assemble import build, build_parts, check_config, resolve_device, seed_everything
 from aexp.errors import ConfigError
+from aexp.models import call
 from aexp.run import steps as st, threads
 from aexp.run.train import console
 
@@ -74,7 +75,8 @@ def lr_find(cfg, run_dir: Path, job_num=None, overrides=None) -> float:
         for group in optimizer.param_groups:
             group["lr"] = float(lr)
         x, y = data.batch(data.train, idx, train=True)
-        loss = loss_fn(model(x), x, y, model, labels=st.labels(data.train, idx))["loss"]
+        labels = st.labels(data.train, idx)
+        loss = loss_fn(call(model, x, labels), x, y, model, labels=labels)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         st.clip_gradients(model, cfg.train.get("grad_clip"))

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from aexp.errors import AexpError, ConfigError
+from aexp.models import call
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -58,7 +59,8 @@ def check_progressive(model, data, stages) -> None:
     bottleneck built for one size). The stages' own values are checked by build.check_config."""
     if not stages:
         return
-    x, y = data.batch(data.train, torch.arange(2, device=data.train.x.device))
+    idx = torch.arange(2, device=data.train.x.device)
+    x, y = data.batch(data.train, idx)
     was = model.training
     model.eval()
     try:
@@ -66,7 +68,7 @@ def check_progressive(model, data, stages) -> None:
             size = progressive_size([stage], 1)
             xs, ys = resize(x, y, size)
             try:
-                out = model(xs)
+                out = call(model, xs, labels(data.train, idx))
             except RuntimeError as e:
                 raise ConfigError(f"model {type(model).__name__} cannot train at {size[0]}x{size[1]} "
                                   f"(train.progressive): {str(e).splitlines()[0]}") from None
@@ -119,7 +121,7 @@ def preflight(model, loss_fn, data) -> None:
     x, y = data.batch(data.train, idx)
     try:
         with torch.no_grad():
-            out = model(x)
+            out = call(model, x, labels(data.train, idx))
             terms = loss_fn(out, x, y, model, labels=labels(data.train, idx))
     except AexpError:
         raise
@@ -142,7 +144,8 @@ def validation_loss(model, loss_fn, data, split, batch_size: int) -> dict:
     for i in range(0, n, batch_size):
         idx = torch.arange(i, min(i + batch_size, n), device=split.x.device)
         x, y = data.batch(split, idx)
-        for k, v in loss_fn(model(x), x, y, model, labels=labels(split, idx)).items():
+        lab = labels(split, idx)
+        for k, v in loss_fn(call(model, x, lab), x, y, model, labels=lab).items():
             sums[k] = sums.get(k, 0.0) + v.detach() * len(x)
     model.train()
     return {k: float(v) / n for k, v in sums.items()}

@@ -16,6 +16,7 @@ from aexp import checkpoint
 from aexp.assemble import build, build_parts, build_schedule, check_config, resolve_device, seed_everything
 from aexp.errors import Interrupted, TrainingDiverged
 from aexp.io import write_csv
+from aexp.models import call
 from aexp.run import distributed, faults, resume, steps as st, threads
 from aexp.run import precision as prec
 from aexp.run.frames import FrameWriter
@@ -130,9 +131,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
                 batch = ep.perm[step * bs:(step + 1) * bs]
                 idx, scale = distributed.shard(batch)
                 x, y = st.resize(*data.batch(data.train, idx, train=True), size)
+                labels = st.labels(data.train, idx)   # (a conditional model takes them too)
                 with autocast:
-                    out = net(x)
-                    terms = loss_fn(out, x, y, model, labels=st.labels(data.train, idx))
+                    out = call(model, x, labels, net=net)
+                    terms = loss_fn(out, x, y, model, labels=labels)
                 if not cfg.train.skip_nonfinite:
                     watch.record(step, terms)       # checked at the epoch's end: no sync here
                 elif not faults.finite(terms["loss"]):  # deciding per batch costs a sync per step

@@ -1,0 +1,118 @@
+"""The conditional VAE (model=cvae): labels reach the encoder and the decoder through the real
+loop and evaluation, a killed run resumes exactly, it is refused on unlabelled data in one line,
+eval draws its per-class pictures, check-model and the exports take the labels."""
+import json
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from aexp import checkpoint
+from aexp.assemble import build_model, load_run
+from aexp.data import Data, Split
+from aexp.errors import ConfigError, Interrupted
+from aexp.models import call
+from aexp.report.evaluate import predict
+from aexp.run.train import train
+from conftest import run_cli
+
+TINY = ["dataset=digits", "model=cvae", "model.hidden=[64]", "train.batch_size=64",
+        "train.threads=1", "frames.enabled=false", "eval.enabled=false", "device=cpu"]
+
+
+def labelled(n=4, classes=3):
+    x = lambda: Split(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8), torch.arange(n) % classes)
+    return Data("toy", "image", x(), x(), x(), num_classes=classes)
+
+
+def test_one_code_decodes_differently_for_two_labels(compose_cfg):
+    torch.manual_seed(0)
+    model = build_model(compose_cfg(TINY).model, labelled()).eval()
+    assert model.conditional and model.num_classes == 3
+    z = torch.randn(1, 2)
+    with torch.no_grad():
+        a, b = model.decode(z, torch.tensor([0])), model.decode(z, torch.tensor([2]))
+        default = model.decode(z)
+    assert a.shape == b.shape == (1, 1, 8, 8)
+    assert (a - b).abs().max() > 1e-4
+    assert torch.equal(default, a)          # without labels: class 0, as documented
+
+
+def test_call_passes_labels_to_a_conditional_model_only(compose_cfg):
+    data = labelled()
+    cvae = build_model(compose_cfg(TINY).model, data).eval()
+    vae = build_model(compose_cfg([*TINY, "model=vae"]).model, data).eval()
+    x, _ = data.batch(data.train)
+    with torch.no_grad():
+        assert not torch.equal(call(cvae, x, torch.zeros(4)).x_hat, call(cvae, x, torch.ones(4)).x_hat)
+        assert torch.equal(call(vae, x, torch.ones(4)).x_hat, vae(x).x_hat)
+
+
+def test_refused_on_unlabelled_data_in_one_line(tmp_path, capsys):
+    code, err = run_cli(["train", "model=cvae", "dataset=colors", "train.epochs=1",
+                         f"hydra.run.dir={tmp_path / 'r'}"], capsys)
+    assert code == 2, err
+    line = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(line) == 1 and "conditional" in line[0] and "colors has none" in line[0], err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_trains_with_its_labels_and_eval_draws_per_class(tmp_path, capsys):
+    run = tmp_path / "cvae"
+    code, err = run_cli(["train", *TINY, "train.epochs=15", "eval.enabled=true",
+                         "eval.classifier.enabled=false", "eval.nll_samples=4", "eval.nll_max_images=50",
+                         f"hydra.run.dir={run}"], capsys)
+    assert code == 0, err
+    report = json.loads((run / "eval.json").read_text())
+    assert report["model"] == "CVAE" and report["vae"]["given"] == "the test image's class label"
+    for name in ("samples_per_class.png", "latent_plane_per_class.png", "samples.png"):
+        assert (run / "pictures" / name).is_file(), name
+    # the labels were learned from: true labels reconstruct better than wrong ones
+    loaded = load_run(run, device="cpu")
+    test = loaded.data.test
+    right = predict(loaded.model, loaded.data, test, 512)
+    wrong = predict(loaded.model, loaded.data, Split(test.x, (test.y + 5) % 10), 512)
+    mse = lambda p: float(((p["x_hat"] - p["y"]) ** 2).mean())
+    assert torch.isfinite(right["x_hat"]).all() and mse(right) < 0.9 * mse(wrong), (mse(right), mse(wrong))
+    assert abs(mse(right) - report["reconstruction"]["mse"]) < 1e-6   # eval used the true labels
+    code, err = run_cli(["check-model", "cvae", "dataset=digits", "model.hidden=[16]"], capsys)
+    assert code == 0, err
+
+
+def test_a_killed_run_resumes_exactly(compose_cfg, tmp_path):
+    cfg = compose_cfg([*TINY, "train.epochs=2"])
+    with open_dict(cfg):
+        cfg.loss.terms.kill = {"_target_": "test_disentangling_models.KillAt", "call": 30,
+                               "marker": str(tmp_path / "killed"), "how": "sigterm"}
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    (tmp_path / "killed").touch()
+    train(cfg, whole)
+    (tmp_path / "killed").unlink()
+    with pytest.raises(Interrupted):
+        train(cfg, run)
+    train(cfg, run)
+    a, b = (checkpoint.load(r / "checkpoints" / "last.pt") for r in (whole, run))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_exports_take_the_labels_as_a_second_input(tmp_path, capsys):
+    run = tmp_path / "cvae"
+    assert run_cli(["train", *TINY, "train.epochs=1", f"hydra.run.dir={run}"], capsys)[0] == 0
+    code, err = run_cli(["export", run, "--format", "pt2"], capsys)
+    assert code == 0, err
+    info = json.loads((run / "export" / "pt2" / "export.json").read_text())
+    assert any("second input" in n for n in info["notes"])
+    decoder = torch.export.load(str(run / "export" / "pt2" / "decoder.pt2")).module()
+    model = load_run(run, device="cpu").model
+    z = torch.randn(3, 2)
+    for label in (1, 7):
+        y = torch.full((3,), label)
+        assert torch.allclose(decoder(z, y), model.decode(z, y), atol=1e-5)
+    assert not torch.allclose(decoder(z, torch.full((3,), 1)), decoder(z, torch.full((3,), 7)))
+
+
+def test_build_model_refuses_a_conditional_model_without_classes(compose_cfg):
+    data = labelled()
+    data.num_classes = None
+    with pytest.raises(ConfigError, match="conditional"):
+        build_model(compose_cfg(TINY).model, data)
