@@ -116,3 +116,18 @@ def test_build_model_refuses_a_conditional_model_without_classes(compose_cfg):
     data.num_classes = None
     with pytest.raises(ConfigError, match="conditional"):
         build_model(compose_cfg(TINY).model, data)
+
+
+def test_codes_drawn_from_samples_are_encoded_with_their_labels(tmp_path, capsys):
+    from aexp.report.sample import training_codes
+    from aexp.run.frames import FrameWriter
+    run = tmp_path / "cvae"
+    assert run_cli(["train", *TINY, "train.epochs=1", f"hydra.run.dir={run}"], capsys)[0] == 0
+    loaded = load_run(run, device="cpu")
+    train_split, model = loaded.data.train, loaded.model
+    x, _ = loaded.data.batch(train_split)
+    with torch.no_grad():
+        own, zero = model.encode(x, train_split.y), model.encode(x)
+        assert torch.allclose(training_codes(loaded, 0), own) and not torch.allclose(own, zero)
+        frames = FrameWriter(loaded.data, tmp_path / "frames", probe_size=50)
+        assert torch.equal(frames.labels, loaded.data.val.y[torch.as_tensor(frames.probe["index"])])

@@ -16,9 +16,10 @@ offers:
   None for models where it means nothing;
 - `conditional`: True for a model that also takes class labels (a CVAE, aexp.models.dense):
   it is built with the data's `num_classes` and offers `encode(x, labels=None)`,
-  `decode(z, labels=None)`, `forward(x, labels=None)`. Callers that have labels (training,
-  validation, evaluation) pass them through `call`; callers that have none (frames, samplers,
-  explorer) leave them out and get the model's documented default (class 0).
+  `decode(z, labels=None)`, `forward(x, labels=None)`. Callers with samples, hence labels
+  (training, validation, evaluation, the codes frames, explorer and samplers draw) pass them
+  through `call` / `encode_with`; callers decoding codes that no sample stands behind (the
+  decoded plane of frames and explorer, `aexp sample`) give none and get class 0.
 """
 from typing import NamedTuple
 
@@ -65,6 +66,11 @@ def call(model, x: torch.Tensor, labels: torch.Tensor | None = None, net=None) -
     them). `net`: the model as wrapped for training (DDP, torch.compile), called in its place."""
     net = model if net is None else net
     return net(x, labels) if model.conditional else net(x)
+
+
+def encode_with(model, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """`model.encode(x)`, with the class labels passed only to a conditional model (as `call`)."""
+    return model.encode(x, labels) if model.conditional else model.encode(x)
 
 
 # Named activations usable in config ("none" is the identity).

@@ -21,6 +21,7 @@ from PIL import Image
 from aexp import draw
 from aexp.assemble import load_run
 from aexp.errors import AexpError, ArgumentParser, ConfigError
+from aexp.models import call, encode_with
 
 
 def main(argv: list[str]) -> int:
@@ -103,8 +104,9 @@ def encode_split(run, split, order: np.ndarray, batch: int = 1024) -> dict:
     for i in range(0, len(order), batch):
         idx = torch.as_tensor(order[i:i + batch], device=split.x.device)
         x, y = run.data.batch(split, idx)
-        out = run.model(x)
-        parts["z"].append(run.model.encode(x).float().cpu().numpy())
+        labels = None if split.y is None else split.y[idx]   # (a conditional model's)
+        out = call(run.model, x, labels)
+        parts["z"].append(encode_with(run.model, x, labels).float().cpu().numpy())
         parts["input"].append(draw.tiles(run.data.task.unnormalize(x)))   # what the model sees
         parts["target"].append(draw.tiles(run.data.to_rgb(x, y)))
         parts["recon"].append(draw.tiles(run.data.to_rgb(x, out.x_hat)))

@@ -27,6 +27,7 @@ from aexp.assemble import allowed_targets, build, check_values, conf_dir, load_r
 from aexp.errors import ArgumentParser, CheckpointError, ConfigError
 from aexp.io import atomic_write
 from aexp.losses.vamp import VampKL
+from aexp.models import encode_with
 from aexp.models.pixelcnn import PixelCNN
 from aexp.report import classifier, quality, sample_metrics, samplers
 from aexp.report.eval_json import merge_into_eval_json
@@ -91,8 +92,11 @@ def training_codes(run, seed: int, batch: int = 1000) -> torch.Tensor:
     n = len(run.data.train)
     idx = torch.arange(n) if n <= MAX_CODES else torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:MAX_CODES]
     dev = run.data.train.x.device
-    out = [run.model.encode(run.data.batch(run.data.train, idx[i:i + batch].to(dev))[0]).flatten(1).float().cpu()
-           for i in range(0, len(idx), batch)]
+    train, out = run.data.train, []
+    for i in range(0, len(idx), batch):
+        part = idx[i:i + batch].to(dev)
+        labels = None if train.y is None else train.y[part]   # (a conditional model's)
+        out.append(encode_with(run.model, run.data.batch(train, part)[0], labels).flatten(1).float().cpu())
     return torch.cat(out)
 
 

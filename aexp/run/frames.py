@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from aexp import draw
 from aexp.io import atomic_write
+from aexp.models import encode_with
 
 MARGIN = 28  # pixels around each panel, room for the tick labels
 
@@ -33,6 +34,7 @@ class FrameWriter:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(data.val), generator=g)[:probe_size].to(data.val.x.device)
         self.x, target = data.batch(data.val, idx)
+        self.labels = None if data.val.y is None else data.val.y[idx]   # (a conditional model's)
         self.probe = {"index": idx.cpu().numpy(),
                       "label": None if data.val.y is None else data.val.y[idx].cpu().numpy()}
         self.data = data
@@ -49,7 +51,7 @@ class FrameWriter:
     def write(self, model, epoch: int) -> Path:
         was_training = model.training
         model.eval()
-        z = model.encode(self.x).float()
+        z = encode_with(model, self.x, self.labels).float()
         p = self._project(z.cpu().numpy())
         self._update_limits(p, model.latent_range)
         panels, titles = [self._scatter(p)], []
