@@ -62,21 +62,28 @@ def plane_points(bounds, n: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode(model, z, batch: int = 1024, label: int | None = None) -> torch.Tensor:
+def decode(model, z, batch: int = 1024, label=None) -> torch.Tensor:
     """The decoder's float output for the codes `z` (any array), `batch` codes at a time, on the
-    model's device; `label`: the class a conditional model decodes every code as (its own
-    default when None)."""
+    model's device; `label`: the class a conditional model decodes every code as (an int), or
+    each code's class (a tensor [N]); its own default (class 0) when None."""
     dev = next(model.parameters()).device
     z = torch.as_tensor(z, dtype=torch.float32)
+    if isinstance(label, int):
+        label = torch.full((len(z),), label)
     out = []
     for i in range(0, len(z), batch):
-        c = z[i:i + batch].to(dev)
-        labels = () if label is None else (torch.full((len(c),), label, device=dev),)
-        out.append(model.decode(c, *labels).float())
+        labels = () if label is None else (label[i:i + batch].to(dev),)
+        out.append(model.decode(z[i:i + batch].to(dev), *labels).float())
     return torch.cat(out)
 
 
-def decoded(model, data, z, batch: int = 1024, label: int | None = None) -> np.ndarray:
+def every_class(model, n: int) -> torch.Tensor | None:
+    """Labels 0, 1, ..., 0, 1, ... for `n` samples of a conditional model (each class alike),
+    for samples that should stand for the whole dataset; None for other models."""
+    return torch.arange(n) % model.num_classes if getattr(model, "conditional", False) else None
+
+
+def decoded(model, data, z, batch: int = 1024, label=None) -> np.ndarray:
     """The decoder's output for the codes `z` as uint8 tiles, shown the way the data shows itself
     (`Data.to_rgb`; a colourisation decoder's a,b over a mid-grey L)."""
     return tiles(data.to_rgb(None, decode(model, z, batch, label)))

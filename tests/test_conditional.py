@@ -131,3 +131,30 @@ def test_codes_drawn_from_samples_are_encoded_with_their_labels(tmp_path, capsys
         assert torch.allclose(training_codes(loaded, 0), own) and not torch.allclose(own, zero)
         frames = FrameWriter(loaded.data, tmp_path / "frames", probe_size=50)
         assert torch.equal(frames.labels, loaded.data.val.y[torch.as_tensor(frames.probe["index"])])
+
+
+@pytest.mark.parametrize("loss", ["iwae", "rae"])
+def test_terms_that_decode_again_decode_with_the_labels(compose_cfg, loss):
+    """IWAE's importance samples and RAE-GP's penalty run the decoder a second time: with the
+    batch's labels, not class 0 (changing the labels changes the value)."""
+    from aexp.assemble import build_loss
+    data = labelled(n=6)
+    cfg = compose_cfg([*TINY, f"loss={loss}"])
+    model, loss_fn = build_model(cfg.model, data).eval(), build_loss(cfg.loss)
+    x, y = data.batch(data.train)
+    torch.manual_seed(0)
+    one = loss_fn(call(model, x, data.train.y), x, y, model, labels=data.train.y)["loss"]
+    torch.manual_seed(0)
+    other = loss_fn(call(model, x, data.train.y), x, y, model, labels=(data.train.y + 1) % 3)["loss"]
+    assert torch.isfinite(one) and abs(float(one.detach()) - float(other.detach())) > 1e-6
+
+
+def test_samples_for_the_dataset_are_drawn_for_every_class(compose_cfg):
+    from aexp import draw
+    model = build_model(compose_cfg(TINY).model, labelled()).eval()
+    labels = draw.every_class(model, 7)
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0] and draw.every_class(object(), 7) is None
+    z = torch.randn(7, 2)
+    with torch.no_grad():
+        assert torch.allclose(draw.decode(model, z, batch=3, label=labels), model.decode(z, labels), atol=1e-6)
+        assert torch.allclose(draw.decode(model, z, label=2), model.decode(z, torch.full((7,), 2)), atol=1e-6)

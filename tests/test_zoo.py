@@ -7,7 +7,7 @@ from torchvision.models import vgg
 
 from aexp.data import Data, Split
 from aexp.errors import ConfigError
-from aexp.assemble import build, build_loss, build_model, code_size
+from aexp.assemble import build, build_loss, code_size
 from aexp.models import call
 from aexp.run.steps import preflight
 from conftest import options
@@ -61,7 +61,8 @@ def _build(compose_cfg, model, loss, shapes, vgg_file):
                        *LOSS_OVERRIDES.get(loss, lambda f: [])(vgg_file)])
     if key not in _cache:       # building ResNets is slow: one per shape, shared across losses
         torch.manual_seed(0)
-        _cache[key] = build_model(cfg.model, _data(shapes))   # (a conditional model: the classes)
+        classes = {"num_classes": 2} if model == "cvae" else {}   # a conditional model: _data's 2 classes
+        _cache[key] = build(cfg.model, in_shape=shapes[0], out_shape=shapes[1], **classes)
     # a term sized by the model's code (a FactorVAE discriminator) is built per code size
     code = code_size(_cache[key], torch.rand(1, *shapes[0])) if loss in SIZED_BY_CODE else None
     channels = shapes[1][0] if loss in SIZED_BY_IMAGE else None

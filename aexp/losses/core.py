@@ -27,6 +27,15 @@ def per_sample(t: torch.Tensor, reduction: str) -> torch.Tensor:
     return t.sum(1) if reduction == "sum" else t.mean(1)
 
 
+def decoder_with(model, labels: torch.Tensor | None = None):
+    """`model.decode` as a function of the codes, for terms that decode again (IWAE, RAE-GP)
+    and the NLL; a conditional model's (aexp.models.base) decodes with `labels`, repeated when
+    the codes come as k groups of len(labels) (importance samples, sample-major)."""
+    if not getattr(model, "conditional", False) or labels is None:
+        return model.decode
+    return lambda z: model.decode(z, labels.repeat(len(z) // len(labels)))
+
+
 class Term:
     """A loss term: `weight * value`, where value is per sample, shape [B]. A term that needs the
     batch's class labels sets `uses_labels = True` and receives them as `labels=`."""

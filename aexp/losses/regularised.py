@@ -7,7 +7,7 @@ RAE-L2 (weight decay on the decoder alone) is not here: aexp's optimizer groups 
 out the decoder's parameters; RAE-GP is the variant the paper reports best on MNIST and CelebA."""
 import torch
 
-from aexp.losses.core import Term, per_sample
+from aexp.losses.core import Term, decoder_with, per_sample
 
 
 class LatentL2(Term):
@@ -25,11 +25,13 @@ class DecoderGradientPenalty(Term):
     the penalty has a gradient of its own (`create_graph`). A decoder that snaps its input to a
     codebook (VQ) has no gradient in z: the penalty is 0 there."""
 
-    def __call__(self, out, x, y, model, reduction):
+    uses_labels = True   # a conditional model's decoder needs them (losses.core.decoder_with)
+
+    def __call__(self, out, x, y, model, reduction, labels=None):
         training = torch.is_grad_enabled()   # validation: the value only, no graph kept
         with torch.enable_grad():
             z = out.z.detach().requires_grad_(True)
-            x_hat = model.decode(z)
+            x_hat = decoder_with(model, labels)(z)
             (g,) = torch.autograd.grad(x_hat.float().sum(), z, create_graph=training, allow_unused=True)
         if g is None:
             return torch.zeros(len(z), device=z.device)

@@ -11,7 +11,7 @@ import math
 import torch
 
 from aexp.errors import ConfigError
-from aexp.losses.core import Term
+from aexp.losses.core import Term, decoder_with
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -86,9 +86,11 @@ class IWAE(Term):
             raise ConfigError(f"iwae likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
         self.k, self.chunk, self.log_px = int(k), int(chunk), decoder_log_prob(likelihood, sigma)
 
-    def __call__(self, out, x, y, model, reduction):
+    uses_labels = True   # a conditional model's decoder needs them (losses.core.decoder_with)
+
+    def __call__(self, out, x, y, model, reduction, labels=None):
         mu, logvar = _posterior(out, "iwae")
-        log_px = lambda target, z: self.log_px(target, z, model.decode)
+        log_px = lambda target, z: self.log_px(target, z, decoder_with(model, labels))
         lw = importance_log_weights(y.float(), mu, logvar, log_px, self.k, self.chunk)
         return -(torch.logsumexp(lw, 1) - math.log(self.k))
 

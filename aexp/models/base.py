@@ -19,7 +19,8 @@ offers:
   `decode(z, labels=None)`, `forward(x, labels=None)`. Callers with samples, hence labels
   (training, validation, evaluation, the codes frames, explorer and samplers draw) pass them
   through `call` / `encode_with`; callers decoding codes that no sample stands behind (the
-  decoded plane of frames and explorer, `aexp sample`) give none and get class 0.
+  decoded plane of frames and explorer) give none and get class 0; samples standing for the
+  dataset (`aexp sample`) are drawn for every class alike (aexp.draw.every_class).
 """
 from typing import NamedTuple
 

@@ -122,7 +122,7 @@ class CVAE(VAE):
     """Conditional VAE (Sohn et al., 2015): the class label, one-hot, is joined to the flattened
     input of the encoder and to the code the decoder reads, so the code need not carry the
     class. Built with the data's `num_classes` (a dataset without labels is refused before
-    training). Without labels (a decoded plane, `aexp sample`) it reads them as class 0."""
+    training). Without labels (a decoded plane) it reads them as class 0."""
     conditional = True
 
     def __init__(self, in_shape, out_shape, num_classes=None, hidden=(512,), latent_dim=2,

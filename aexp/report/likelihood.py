@@ -4,6 +4,7 @@ number of samples, the batch or the device, beside the trivial model's NLL of th
 import numpy as np
 import torch
 
+from aexp.losses.core import decoder_with
 from aexp.losses.variational import decoder_log_prob
 from aexp.models import call
 from aexp.report import measures
@@ -44,7 +45,7 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
             constant = lambda z: mean_image.expand(len(y), *mean_image.shape)
             base.append(-likelihood(y, None, constant).cpu())
         extras = call(model, y, labels).extras
-        log_px = lambda x, z: likelihood(x, z, decoder(model, labels))
+        log_px = lambda x, z: likelihood(x, z, decoder_with(model, labels))
         lw = measures.importance_log_weights(y, extras["mu"], extras["logvar"], log_px, k,
                                              generator=gen, log_prior=log_prior)
         a, b = measures.nll_and_elbo(lw)
@@ -58,14 +59,6 @@ def vae_likelihood(model, data, ev, device, mean_image=None) -> tuple[dict, floa
     if model.conditional:   # a CVAE's numbers are -log p(x | label): not comparable with a VAE's
         out["given"] = "the test image's class label"
     return out, (torch.cat(base).mean().item() if base else None)
-
-
-def decoder(model, labels):
-    """`model.decode`; for a conditional model, with `labels` repeated over the importance
-    samples (the codes come sample-major: [k * N, D] for N labels)."""
-    if labels is None:
-        return model.decode
-    return lambda z: model.decode(z, labels.repeat(len(z) // len(labels)))
 
 
 def binarized(y: torch.Tensor, first: int, seed: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from PIL import Image
 from aexp import draw
 from aexp.data.corruption import NoCorruption
 from aexp.io import read_csv
+from aexp.models import call
 from aexp.report import plots
 from aexp.report.render import write_video
 
@@ -137,7 +138,8 @@ def denoising(out, data, model, seed) -> list[Path]:
     if data.task.name != "reconstruct" or isinstance(data.corruption, NoCorruption):
         return []
     shown = data.task.unnormalize(noisy)   # inputs may be normalised: show them in [0, 1]
-    tiles = [as_images(data.to_rgb(None, t)) for t in (clean, shown, model(noisy).x_hat)]
+    labels = None if split.y is None else split.y[idx]   # (a conditional model's)
+    tiles = [as_images(data.to_rgb(None, t)) for t in (clean, shown, call(model, noisy, labels).x_hat)]
     return [save(rows_over(*tiles), out / "denoising.png", tiles[0].shape[1])]
 
 

@@ -210,7 +210,7 @@ def section(run, ev, which, overrides=None, log=print, strict: bool = False) -> 
         gen = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         codes, entry = draw_codes(run, name, n, gen, (overrides or {}).get(name, ()), log)
-        images = draw.decode(run.model, codes).clamp(0, 1).cpu()
+        images = draw.decode(run.model, codes, label=draw.every_class(run.model, len(codes))).clamp(0, 1).cpu()
         entry["draw_seconds"] = round(time.perf_counter() - t0, 3)
         folder = run.run_dir / "samplers"
         folder.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ def views(run, pred, ev) -> tuple | None:
     samples = None
     if data.task.name == "reconstruct" and pred["sampler"]:   # none: a VQ code, an AE not asked
         codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)))
-        samples = data.to_rgb(None, draw.decode(run.model, codes))
+        samples = data.to_rgb(None, draw.decode(run.model, codes, label=draw.every_class(run.model, len(codes))))
     return test_orig, test_pred, samples
 
 
