@@ -5,16 +5,14 @@ import json
 
 import pytest
 import torch
-from omegaconf import open_dict
 
-from aexp import checkpoint
 from aexp.assemble import build_model, load_run
 from aexp.data import Data, Split
-from aexp.errors import ConfigError, Interrupted
+from aexp.errors import ConfigError
 from aexp.models import call
 from aexp.report.evaluate import predict
-from aexp.run.train import train
 from conftest import run_cli
+from test_disentangling_models import assert_same_end, stop_then_resume
 
 TINY = ["dataset=digits", "model=cvae", "model.hidden=[64]", "train.batch_size=64",
         "train.threads=1", "frames.enabled=false", "eval.enabled=false", "device=cpu"]
@@ -80,19 +78,7 @@ def test_trains_with_its_labels_and_eval_draws_per_class(tmp_path, capsys):
 
 
 def test_a_killed_run_resumes_exactly(compose_cfg, tmp_path):
-    cfg = compose_cfg([*TINY, "train.epochs=2"])
-    with open_dict(cfg):
-        cfg.loss.terms.kill = {"_target_": "test_disentangling_models.KillAt", "call": 30,
-                               "marker": str(tmp_path / "killed"), "how": "sigterm"}
-    whole, run = tmp_path / "whole", tmp_path / "run"
-    (tmp_path / "killed").touch()
-    train(cfg, whole)
-    (tmp_path / "killed").unlink()
-    with pytest.raises(Interrupted):
-        train(cfg, run)
-    train(cfg, run)
-    a, b = (checkpoint.load(r / "checkpoints" / "last.pt") for r in (whole, run))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert_same_end(*stop_then_resume(compose_cfg([*TINY, "train.epochs=2"]), tmp_path, call=30))
 
 
 def test_exports_take_the_labels_as_a_second_input(tmp_path, capsys):

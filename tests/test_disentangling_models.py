@@ -164,36 +164,52 @@ class Killed(BaseException):
     """As abrupt as a SIGKILL for the loop: no handler saves anything."""
 
 
-def resume_cfg(compose_cfg, tmp_path, loss, how):
+def resume_cfg(compose_cfg, loss):
     # 20 steps per epoch (1257 digits, batch 64): call 32 is epoch 2, step 11
-    cfg = compose_cfg([*TINY, f"loss={loss}", "train.epochs=3", "loss.terms.tc.optimizer.lr=1e-3"
-                       if loss == "factorvae" else "loss.terms.capacity.anneal_steps=50"])
+    return compose_cfg([*TINY, f"loss={loss}", "train.epochs=3", "loss.terms.tc.optimizer.lr=1e-3"
+                        if loss == "factorvae" else "loss.terms.capacity.anneal_steps=50"])
+
+
+def stop_then_resume(cfg, tmp_path, call: int = 32, how: str = "sigterm", stopped=None):
+    """Train `cfg` left alone into tmp_path/whole, and into tmp_path/run stopped at training-mode
+    call `call` (KillAt: SIGTERM, or a kill nothing catches), then resumed from its folder;
+    `stopped(run)` looks at the folder in between. Returns (whole, run)."""
     with open_dict(cfg):
-        cfg.loss.terms.kill = {"_target_": "test_disentangling_models.KillAt", "call": 32,
+        cfg.loss.terms.kill = {"_target_": "test_disentangling_models.KillAt", "call": call,
                                "marker": str(tmp_path / "killed"), "how": how}
-    return cfg
-
-
-@pytest.mark.parametrize("loss,how", [("factorvae", "sigterm"), ("factorvae", "kill"),
-                                      ("beta_vae_capacity", "sigterm")])
-def test_a_stopped_or_killed_run_resumes_exactly(compose_cfg, tmp_path, loss, how):
-    cfg = resume_cfg(compose_cfg, tmp_path, loss, how)
     whole, run = tmp_path / "whole", tmp_path / "run"
     (tmp_path / "killed").touch()
     train(cfg, whole)                                   # left alone
     (tmp_path / "killed").unlink()
     with pytest.raises(Interrupted if how == "sigterm" else Killed):
         train(cfg, run)
-    saved = checkpoint.load(run / "checkpoints" / "last.pt")
-    assert saved["epoch"] == 1 and (saved["partial"]["step"] == 11 if how == "sigterm"
-                                    else saved["partial"] is None)
+    if stopped:
+        stopped(run)
     train(cfg, run)                                     # resumes from the run folder's last.pt
+    return whole, run
+
+
+def assert_same_end(whole, run) -> dict:
+    """The resumed run ends as the one left alone: weights, the loss's own state and every
+    metrics row (but timings) equal bit for bit. Returns the final checkpoint."""
     a, b = (checkpoint.load(r / "checkpoints" / "last.pt") for r in (whole, run))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert_equal_state(a["loss"], b["loss"])
-    assert a["loss"] and a["loss"] != {}                # the critic / the step count was saved
     strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
     assert strip(read_csv(whole / "metrics.csv")) == strip(read_csv(run / "metrics.csv"))
+    return a
+
+
+@pytest.mark.parametrize("loss,how", [("factorvae", "sigterm"), ("factorvae", "kill"),
+                                      ("beta_vae_capacity", "sigterm")])
+def test_a_stopped_or_killed_run_resumes_exactly(compose_cfg, tmp_path, loss, how):
+    def stopped(run):
+        saved = checkpoint.load(run / "checkpoints" / "last.pt")
+        assert saved["epoch"] == 1 and (saved["partial"]["step"] == 11 if how == "sigterm"
+                                        else saved["partial"] is None)
+    end = assert_same_end(*stop_then_resume(resume_cfg(compose_cfg, loss), tmp_path, how=how,
+                                            stopped=stopped))
+    assert end["loss"] and end["loss"] != {}            # the critic / the step count was saved
 
 
 def assert_equal_state(a, b, where="loss"):

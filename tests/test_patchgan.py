@@ -4,16 +4,15 @@ is exactly nothing before `start_step`, its adaptive weight is VQGAN's formula b
 fixed weight for a model without `last_layer`), and a run killed mid-way resumes exactly."""
 import pytest
 import torch
-from omegaconf import open_dict
 from torch import nn
 
 from aexp import checkpoint
 from aexp.assemble import build, build_loss
-from aexp.errors import ConfigError, Interrupted
+from aexp.errors import ConfigError
 from aexp.io import read_csv
 from aexp.models import Output
 from aexp.run.train import train
-from test_disentangling_models import assert_equal_state
+from test_disentangling_models import assert_same_end, stop_then_resume
 
 # resconv on the bundled 8x8 digits (20 batches an epoch), a 2-layer patch discriminator
 TINY = ["dataset=digits", "model=resconv", "model.channels=[8,16]", "model.groups=4",
@@ -97,18 +96,4 @@ def test_the_adaptive_weight_is_vqgans_formula_and_falls_back_to_fixed(compose_c
 def test_a_killed_patchgan_run_resumes_exactly(compose_cfg, tmp_path):
     # start_step 25: the term switches on in epoch 2, before the kill at call 32 (epoch 2, step 11)
     cfg = compose_cfg([*TINY, *GAN, "loss.terms.gan.start_step=25", "train.epochs=3"])
-    with open_dict(cfg):
-        cfg.loss.terms.kill = {"_target_": "test_disentangling_models.KillAt", "call": 32,
-                               "marker": str(tmp_path / "killed"), "how": "sigterm"}
-    whole, run = tmp_path / "whole", tmp_path / "run"
-    (tmp_path / "killed").touch()
-    train(cfg, whole)
-    (tmp_path / "killed").unlink()
-    with pytest.raises(Interrupted):
-        train(cfg, run)
-    train(cfg, run)
-    a, b = (checkpoint.load(r / "checkpoints" / "last.pt") for r in (whole, run))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert_equal_state(a["loss"], b["loss"])
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
-    assert strip(read_csv(whole / "metrics.csv")) == strip(read_csv(run / "metrics.csv"))
+    assert_same_end(*stop_then_resume(cfg, tmp_path))

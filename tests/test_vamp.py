@@ -8,17 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from aexp import checkpoint
 from aexp.assemble import build, build_loss, conf_dir, load_run
-from aexp.errors import ConfigError, Interrupted
-from aexp.io import read_csv
+from aexp.errors import ConfigError
 from aexp.report import sample
 from aexp.report.likelihood import vae_likelihood
-from aexp.run.train import train
 from conftest import run_cli
-from test_disentangling_models import assert_equal_state
+from test_disentangling_models import assert_same_end, stop_then_resume
 
 TINY = ["dataset=digits", "model=vae", "model.hidden=[32]", "model.latent_dim=4", "loss=vamp",
         "loss.terms.kl.components=5", "train.batch_size=64", "train.threads=1",
@@ -50,25 +47,10 @@ def test_the_kl_is_log_q_minus_the_log_mixture_by_hand(compose_cfg):
 
 
 def test_pseudo_inputs_learn_are_saved_and_a_killed_run_resumes_exactly(compose_cfg, tmp_path):
-    cfg = compose_cfg([*TINY, "train.epochs=3"])
-    with open_dict(cfg):
-        cfg.loss.terms.kill = {"_target_": "test_disentangling_models.KillAt", "call": 32,
-                               "marker": str(tmp_path / "killed"), "how": "sigterm"}
-    whole, run = tmp_path / "whole", tmp_path / "run"
-    (tmp_path / "killed").touch()
-    train(cfg, whole)
-    (tmp_path / "killed").unlink()
-    with pytest.raises(Interrupted):
-        train(cfg, run)
-    train(cfg, run)
-    a, b = (checkpoint.load(r / "checkpoints" / "last.pt") for r in (whole, run))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert_equal_state(a["loss"], b["loss"])
+    end = assert_same_end(*stop_then_resume(compose_cfg([*TINY, "train.epochs=3"]), tmp_path))
     start = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    assert a["loss"]["kl"]["pseudo"].shape == start.shape
-    assert (a["loss"]["kl"]["pseudo"] - start).abs().max() > 1e-3       # they moved
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
-    assert strip(read_csv(whole / "metrics.csv")) == strip(read_csv(run / "metrics.csv"))
+    assert end["loss"]["kl"]["pseudo"].shape == start.shape
+    assert (end["loss"]["kl"]["pseudo"] - start).abs().max() > 1e-3       # they moved
 
 
 def test_sample_vamp_draws_from_the_mixture(tmp_path, capsys):
