@@ -17,6 +17,7 @@ from aexp.io import read_csv
 from aexp.models import call
 from aexp.report import plots
 from aexp.report.render import write_video
+from aexp.report.samplers import Normal
 
 SWATCH = 24   # pixels per colour sample
 TILE = 64     # small images are enlarged (nearest) to at least this many pixels
@@ -54,16 +55,9 @@ def pick(n_total: int, n: int, seed: int) -> torch.Tensor:
 
 
 def fitted_samples(z: torch.Tensor, n: int, gen) -> torch.Tensor:
-    """Samples from a Gaussian fitted to codes (full covariance up to 512 dims, else diagonal)."""
-    flat = z.flatten(1)
-    mean = flat.mean(0)
-    if flat.shape[1] <= 512 and len(flat) > flat.shape[1]:
-        cov = torch.cov(flat.T).reshape(flat.shape[1], flat.shape[1])
-        chol = torch.linalg.cholesky(cov + 1e-5 * torch.eye(len(cov)))
-        s = mean + torch.randn(n, len(mean), generator=gen) @ chol.T
-    else:
-        s = mean + torch.randn(n, len(mean), generator=gen) * flat.std(0)
-    return s.view(n, *z.shape[1:])
+    """Samples from a Gaussian fitted to codes: `aexp sample`'s `normal` sampler (full covariance
+    up to 512 dims and more codes than dims, else diagonal)."""
+    return Normal().fit(z.flatten(1)).sample(n, gen).view(n, *z.shape[1:])
 
 
 def sample_codes(pred: dict, n: int, gen) -> torch.Tensor:
