@@ -6,6 +6,7 @@ operations of every matmul and convolution (multiply and add counted apart), the
 share, and how many values normalisation layers (BatchNorm, InstanceNorm, GroupNorm) touch.
 `channels_last` decides `train.channels_last: auto` from it; `aexp.run.threads` decides
 `train.threads: auto` from the FLOPs."""
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -39,13 +40,27 @@ def has_convs(model: nn.Module) -> bool:
     return any(isinstance(m, CONVS) for m in model.modules())
 
 
-@torch.no_grad()
+# A run's start asks three times (train.channels_last, train.threads and train.precision, each
+# `auto`) about the same model and sample: each count is kept with its model and asked once.
+_COUNTED = weakref.WeakKeyDictionary()   # model -> {(shape, dtype, device): Profile | None}
+
+
 def profile(model: nn.Module, x: torch.Tensor) -> Profile | None:
     """Count one forward pass of `model` on the batch `x` (one sample is enough: the counts
     are per sample; a ResNet-34 AE at 3x218x178, whose training steps take seconds, takes
     0.1-0.3 s here, more on the first call). In eval mode and with the random state put back,
     so counting changes neither BatchNorm's statistics nor anything the run draws later. None
-    when the forward fails: the run's preflight check reports that with one line."""
+    when the forward fails: the run's preflight check reports that with one line. Counted once
+    per model and input shape: the counts depend on the layers and the shape, not the weights."""
+    key = (tuple(x.shape), x.dtype, str(x.device))
+    counted = _COUNTED.setdefault(model, {})
+    if key not in counted:
+        counted[key] = _count(model, x)
+    return counted[key]
+
+
+@torch.no_grad()
+def _count(model: nn.Module, x: torch.Tensor) -> Profile | None:
     if not len(x):
         return None
     norm = [0]
