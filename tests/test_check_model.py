@@ -17,6 +17,7 @@ ZOO = {
     "mlp": ["dataset=digits", "model.hidden=[16]"],
     "vae": ["dataset=digits", "model.hidden=[16]"],
     "cvae": ["dataset=digits", "model.hidden=[16]"],
+    "hvae": ["dataset=digits", "model.hidden1=[16]", "model.latent1=4", "model.hidden2=[8]", "model.latent2=2"],
     "overcomplete": ["dataset=mnist", "dataset.val_size=20"],   # 784 -> 784 -> 784: MNIST's size
     "conv": ["dataset=digits", "model.channels=[4,8]"],
     "conv_vae": ["dataset=digits", "model.channels=[4,8]", "model.latent_dim=4"],

@@ -22,6 +22,8 @@ MODELS = {
     "mlp": (["model.hidden=[16]", *MNIST], ["model.hidden=[16]", "model.activation=[relu,relu]", *MNIST]),
     "vae": (["model.hidden=[16]", *MNIST], ["model.hidden=[16]", "model.activation=banana", *MNIST]),
     "cvae": (["model.hidden=[16]", *MNIST], ["model.hidden=[16]", *COLORS]),   # colours: no labels
+    "hvae": (["model.hidden1=[16]", "model.latent1=4", "model.hidden2=[8]", *MNIST],
+             ["model.hidden1=[16]", "model.activation=banana", *MNIST]),
     "overcomplete": (MNIST, MNIST32),
     "conv": (["model.channels=[4,8]", *MNIST], ["model.channels=[4,8]", *COLORS]),
     "conv_vae": (["model.channels=[4,8]", "model.latent_dim=4", *MNIST],

@@ -29,6 +29,7 @@ MODELS = {
     "overcomplete": ((1, 28, 28), []),
     "vae": ((1, 8, 8), ["model.hidden=[16]"]),
     "cvae": ((1, 8, 8), ["model.hidden=[16]"]),   # its graphs take the labels as a second input
+    "hvae": ((1, 8, 8), ["model.hidden1=[16]", "model.latent1=4", "model.hidden2=[8]", "model.latent2=2"]),
     "conv": ((1, 9, 9), ["model.channels=[4,8]", "model.upsample=shuffle"]),   # odd sides too
     "conv_vae": ((3, 8, 8), ["model.channels=[4,8]", "model.latent_dim=3"]),
     "vqvae": ((1, 8, 8), ["model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=2"]),

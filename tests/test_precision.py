@@ -25,6 +25,7 @@ TINY = {
     "mlp": (["model.hidden=[32]"], (1, 28, 28), (1, 28, 28)),
     "vae": (["model.hidden=[32]"], (1, 28, 28), (1, 28, 28)),
     "cvae": (["model.hidden=[32]"], (1, 28, 28), (1, 28, 28)),
+    "hvae": (["model.hidden1=[32]", "model.latent1=4", "model.hidden2=[8]"], (1, 28, 28), (1, 28, 28)),
     "overcomplete": ([], (1, 28, 28), (1, 28, 28)),
     "conv": (["model.channels=[4,8]"], (1, 28, 28), (1, 28, 28)),
     "conv_vae": (["model.channels=[4,8]", "model.latent_dim=4"], (1, 28, 28), (1, 28, 28)),

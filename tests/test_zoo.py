@@ -19,6 +19,7 @@ MODELS = {
     "mlp": (["model.hidden=[16]"], [((3,), (3,)), IMG(1, 28), IMG(3, 32)]),
     "vae": (["model.hidden=[16]"], [IMG(1, 28), IMG(3, 32)]),
     "cvae": (["model.hidden=[16]"], [IMG(1, 28), IMG(3, 32)]),   # (images only: they carry labels)
+    "hvae": (["model.hidden1=[16]", "model.latent1=4", "model.hidden2=[8]"], [IMG(1, 28), IMG(3, 32)]),
     "overcomplete": ([], [IMG(1, 28)]),
     "conv": (["model.channels=[4,8]"],
              [IMG(1, 28), IMG(3, 32), IMG(3, 64), IMG(3, 128), IMG(3, 218, 178)]),
@@ -90,7 +91,7 @@ def _data(shapes, n=4):
 
 def compatible(model, net, loss, data, out_shape) -> bool:
     """What each loss needs, stated independently of the code under test."""
-    variational = model in ("vae", "cvae", "conv_vae", "resconv_vae")
+    variational = model in ("vae", "cvae", "hvae", "conv_vae", "resconv_vae")
     if loss in ("vae", "vae_cb", "iwae", "btcvae", "factorvae", "dipvae", "beta_vae_capacity",
                 "info_vae", "vamp"):
         # a posterior mu, logvar

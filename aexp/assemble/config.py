@@ -31,6 +31,7 @@ MINIMUM = {
     "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1, "train.threads": 1,
     "train.max_steps": 1, "frames.every": 1, "frames.probe_size": 1, "frames.size": 16,
     "eval.batch_size": 1, "eval.nll_samples": 0, "eval.nll_max_images": 0, "eval.nll_batch": 1,
+    "eval.nll_repeats": 1,
     "eval.tsne_points": 1, "eval.classifier.epochs": 1, "eval.inception_max_images": 2,
     "eval.disentanglement.points": 20, "eval.disentanglement.bins": 2,
     "eval.disentanglement.dci_trees": 1, "eval.disentanglement.votes_train": 2,

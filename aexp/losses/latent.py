@@ -13,7 +13,9 @@ def gaussian_kl(mu, logvar):
 
 
 class GaussianKL(Term):
-    """KL(q(z|x) || N(0, I)) for a diagonal Gaussian posterior; `weight` is beta. With
+    """KL(q(z|x) || N(0, I)) for a diagonal Gaussian posterior; `weight` is beta. A model whose
+    prior is not N(0, I) (a hierarchical VAE) puts its own per-unit KL terms in `extras["kl"]`,
+    used in its place. With
     `warmup_epochs` = W > 0 the weight rises linearly: beta * epoch / W until epoch W."""
 
     def __init__(self, weight: float = 1.0, warmup_epochs: int = 0):
@@ -30,6 +32,8 @@ class GaussianKL(Term):
     def __call__(self, out, x, y, model, reduction):
         if "mu" not in out.extras or "logvar" not in out.extras:
             raise ConfigError("loss term 'kl' needs a VAE model (one with mu and log-variance)")
+        if "kl" in out.extras:   # a model whose prior is not N(0, I) gives its own (aexp.models.base)
+            return per_sample(out.extras["kl"], reduction)
         return per_sample(gaussian_kl(out.extras["mu"], out.extras["logvar"]), reduction)
 
 

@@ -64,6 +64,18 @@ def importance_log_weights(x, mu, logvar, log_px, k: int, chunk: int = 100,
     return torch.cat(out, 1)
 
 
+def log_weights(model, extras, x, log_px, k: int, chunk: int = 100, generator=None,
+                log_prior=None) -> torch.Tensor:
+    """log p(x, z) - log q(z|x) for k importance samples, [N, k]: the model's own
+    `importance_log_weights` where it has one (a hierarchical VAE: aexp.models.base), else
+    `importance_log_weights` on the Gaussian posterior in `extras` (mu, logvar)."""
+    own = getattr(model, "importance_log_weights", None)
+    if own is not None:
+        return own(extras, x, log_px, k, chunk, generator)
+    mu, logvar = extras["mu"].float(), extras["logvar"].float()
+    return importance_log_weights(x, mu, logvar, log_px, k, chunk, generator, log_prior)
+
+
 def _posterior(out, what: str):
     if "mu" not in out.extras or "logvar" not in out.extras:
         raise ConfigError(f"loss term '{what}' needs a VAE model (one with mu and log-variance)")
@@ -89,9 +101,9 @@ class IWAE(Term):
     uses_labels = True   # a conditional model's decoder needs them (losses.core.decoder_with)
 
     def __call__(self, out, x, y, model, reduction, labels=None):
-        mu, logvar = _posterior(out, "iwae")
+        _posterior(out, "iwae")
         log_px = lambda target, z: self.log_px(target, z, decoder_with(model, labels))
-        lw = importance_log_weights(y.float(), mu, logvar, log_px, self.k, self.chunk)
+        lw = log_weights(model, out.extras, y.float(), log_px, self.k, self.chunk)
         return -(torch.logsumexp(lw, 1) - math.log(self.k))
 
 

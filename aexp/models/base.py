@@ -6,6 +6,12 @@ offers:
 - `encode(x) -> z` and `decode(z) -> x_hat` (required);
 - `forward(x) -> Output(x_hat, z, extras)`: by default decode(encode(x)) with no extras; a VAE
   puts `mu` and `logvar` in `extras` (what the KL term and the likelihood evaluation read);
+- a VAE whose prior is not N(0, I) around one Gaussian code (a hierarchy: aexp.models.hierarchical)
+  states its own objective: `extras["kl"]` (per-unit terms of log q(z|x) - log p(z) at the drawn
+  code, used by the KL term in place of the analytic KL), `importance_log_weights(extras, x,
+  log_px, k, chunk, generator)` (log p(x, z) - log q(z|x) for k samples, [N, k]: the IWAE term
+  and the NLL of `aexp eval`) and `prior_codes(n, generator)` (codes drawn from its prior, for
+  samples);
 - `latent_range`: (low, high) of a bounded code (a sigmoid or tanh latent), else None; frames
   and pictures then draw the code's own range;
 - `start_epoch(epoch)`: told before each training epoch (1-based), and with None when the

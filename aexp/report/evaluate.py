@@ -229,6 +229,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--checkpoint", choices=["best", "last"], help="which checkpoint (default: eval.checkpoint)")
     ap.add_argument("--nll-samples", type=int, help="importance samples K for the VAE NLL (0 = skip)")
     ap.add_argument("--nll-max-images", type=int, help="test images for the NLL (0 = all)")
+    ap.add_argument("--nll-repeats", type=int, help="NLL estimates with independent samples (mean, std)")
     ap.add_argument("--no-classifier", action="store_true", help="skip the classifier accuracy")
     ap.add_argument("--classifier-epochs", type=int, metavar="N",
                     help="train (or load) the evaluation classifier with N epochs (default: the run's)")
@@ -240,6 +241,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
     args = ap.parse_args(argv)
     given = {"nll_samples": args.nll_samples, "nll_max_images": args.nll_max_images,
+             "nll_repeats": args.nll_repeats,
              "inception_weights": args.inception_weights, "fitted_samples": args.fitted_samples}
     check_values(OmegaConf.create({"eval": settings(None, **given)}))   # before any loading
     run = load_run(args.run_dir, which=args.checkpoint or str(settings().checkpoint),

@@ -60,11 +60,14 @@ def fitted_samples(z: torch.Tensor, n: int, gen) -> torch.Tensor:
     return Normal().fit(z.flatten(1)).sample(n, gen).view(n, *z.shape[1:])
 
 
-def sample_codes(pred: dict, n: int, gen) -> torch.Tensor:
+def sample_codes(pred: dict, n: int, gen, model=None) -> torch.Tensor:
     """`n` codes to decode as samples: draws from the prior N(0, I) when the model was trained
     towards it (`pred["sampler"] == "prior"`: a VAE, or a code pushed to N(0, I) by an MMD
-    term), else from a Gaussian fitted to the test codes."""
+    term), or from the model's own prior where it draws its codes itself (`prior_codes`: a
+    hierarchical VAE), else from a Gaussian fitted to the test codes."""
     z = pred["z"]
+    if pred.get("sampler") == "prior" and hasattr(model, "prior_codes"):
+        return model.prior_codes(n, gen)
     if pred.get("sampler") == "prior":
         return torch.randn(n, *z.shape[1:], generator=gen)
     return fitted_samples(z, n, gen)
@@ -143,7 +146,7 @@ def decoder_pictures(out, model, data, pred, seed) -> list[Path]:
     interpolations."""
     z, files = pred["z"], []
     if pred.get("sampler"):
-        tiles = decode(model, sample_codes(pred, 64, torch.Generator().manual_seed(seed)), data)
+        tiles = decode(model, sample_codes(pred, 64, torch.Generator().manual_seed(seed), model), data)
         name = "samples.png" if pred["sampler"] == "prior" else "samples_fitted.png"
         files.append(save(draw.grid(tiles, 8), out / name, tiles.shape[1]))
     if z.dim() == 2 and z.shape[1] == 2:

@@ -21,7 +21,7 @@ def views(run, pred, ev) -> tuple | None:
         return None
     samples = None
     if data.task.name == "reconstruct" and pred["sampler"]:   # none: a VQ code, an AE not asked
-        codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)))
+        codes = sample_codes(pred, len(pred["z"]), torch.Generator().manual_seed(int(ev.seed)), run.model)
         samples = data.to_rgb(None, draw.decode(run.model, codes, label=draw.every_class(run.model, len(codes))))
     return test_orig, test_pred, samples
 
