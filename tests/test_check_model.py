@@ -25,6 +25,7 @@ ZOO = {
     "baseline32": ["dataset=digits", "model.channels=[4,8,8]", "model.latent_dim=16"],
     "resnet": ["dataset=digits", "model.decoder_channels=[8,8,8,8]"],
     "vqvae": ["dataset=digits", "model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=4"],
+    "fsqvae": ["dataset=digits", "model.channels=[4,8]", "model.quantizer.levels=[3,3]"],
     "resconv": ["dataset=digits", "model.channels=[4,8]", "model.groups=2"],
     "resconv_vae": ["dataset=digits", "model.channels=[4,8]", "model.latent_channels=2"],
 }

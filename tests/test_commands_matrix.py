@@ -33,6 +33,8 @@ MODELS = {
                    ["model.channels=[4,8,8]", "model.latent_dim=16", *COLORS]),
     "resnet": (["model.decoder_channels=[8,8,8,8]", *MNIST32],
                ["model.decoder_channels=[8,8,8,8]", *COLORS]),
+    "fsqvae": (["model.channels=[4,8]", "model.quantizer.levels=[3,3]", *MNIST],
+              ["model.channels=[4,8]", "model.quantizer.levels=[3,3]", *COLORS]),
     "vqvae": (["model.channels=[4,8]", "model.codebook.size=8", *MNIST],
               ["model.channels=[4,8]", "model.codebook.size=8", *COLORS]),
     "resconv": (["model.channels=[4,8]", *MNIST], ["model.channels=[4,8]", *COLORS]),

@@ -33,6 +33,7 @@ MODELS = {
     "conv": ((1, 9, 9), ["model.channels=[4,8]", "model.upsample=shuffle"]),   # odd sides too
     "conv_vae": ((3, 8, 8), ["model.channels=[4,8]", "model.latent_dim=3"]),
     "vqvae": ((1, 8, 8), ["model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=2"]),
+    "fsqvae": ((1, 8, 8), ["model.channels=[4,8]", "model.quantizer.levels=[3,3]"]),
     "pooling_cnn": ((1, 8, 8), ["model.width=4", "model.pooling=1"]),
     "baseline32": ((1, 32, 32), ["model.channels=[4,4,4]", "model.latent_dim=5"]),
     "resnet": ((1, 32, 32), ["model.decoder_channels=[8,8,8,8]", "model.upsample=transpose"]),

@@ -33,6 +33,7 @@ TINY = {
     "baseline32": (["model.channels=[4,8]", "model.grid=[8,4]", "model.latent_dim=16"], (1, 16, 16), (1, 16, 16)),
     "resnet": (["model.decoder_channels=[8,8,8,8]"], (3, 32, 32), (3, 32, 32)),
     "vqvae": (["model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=4"], (1, 28, 28), (1, 28, 28)),
+    "fsqvae": (["model.channels=[4,8]", "model.quantizer.levels=[3,3]"], (1, 28, 28), (1, 28, 28)),
     "resconv": (["model.channels=[4,8]"], (1, 28, 28), (1, 28, 28)),
     "resconv_vae": (["model.channels=[4,8]", "model.latent_channels=2"], (1, 28, 28), (1, 28, 28)),
 }

@@ -30,6 +30,7 @@ MODELS = {
                      ((1, 128, 128), (2, 128, 128)), ((1, 218, 178), (2, 218, 178))]),
     "baseline32": (["model.channels=[4,8,8]", "model.latent_dim=16"], [IMG(3, 32), IMG(1, 16)]),
     "resnet": (["model.decoder_channels=[8,8,8,8]"], [IMG(3, 32), IMG(1, 64)]),
+    "fsqvae": (["model.channels=[4,8]", "model.quantizer.levels=[3,3]"], [IMG(1, 28), IMG(3, 32)]),
     "vqvae": (["model.channels=[4,8]", "model.codebook.size=8", "model.codebook.dim=4"],
               [IMG(1, 28), IMG(3, 32), IMG(3, 64), IMG(3, 218, 178)]),
     "resconv": (["model.channels=[4,8]"], [IMG(1, 28), IMG(3, 32), IMG(3, 218, 178)]),
@@ -96,7 +97,9 @@ def compatible(model, net, loss, data, out_shape) -> bool:
                 "info_vae", "vamp"):
         # a posterior mu, logvar
         return variational
-    if loss == "vqvae":                                  # codes from a codebook
+    if loss == "vqvae":                                  # codes from a learned codebook
+        return net.codebook_size is not None and model != "fsqvae"
+    if loss == "fsq":                                    # usage of a quantiser's codes
         return net.codebook_size is not None
     if loss == "contractive":
         return net.latent_dim <= 32      # the term's stated limit (max_latent)

@@ -12,11 +12,11 @@ from aexp.losses.latent import (ColorTriplet, Contractive, GaussianKL, LabelTrip
                                 VectorQuantization, gaussian_kl, triplet_margin)
 from aexp.losses.perceptual import Perceptual
 from aexp.losses.recon import BCE, L1, MSE, ContinuousBernoulli, cb_log_norm
-from aexp.losses.regularised import DecoderGradientPenalty, LatentL2
+from aexp.losses.regularised import DecoderGradientPenalty, DecoderL2, LatentL2
 from aexp.losses.variational import IWAE, MMD, TCDecomposition
 
 __all__ = ["REDUCTIONS", "Loss", "Term", "per_sample", "MSE", "L1", "BCE", "ContinuousBernoulli",
            "cb_log_norm", "GaussianKL", "gaussian_kl", "Sparsity", "Contractive", "ColorTriplet",
            "LabelTriplet", "triplet_margin", "Perceptual", "IWAE", "TCDecomposition", "MMD",
            "VectorQuantization", "Critic", "FactorTC", "PatchGAN", "VampKL", "permute_dims", "DIP", "CapacityKL",
-           "dip_covariance", "dip_penalty", "LatentL2", "DecoderGradientPenalty"]
+           "dip_covariance", "dip_penalty", "LatentL2", "DecoderGradientPenalty", "DecoderL2"]

@@ -134,7 +134,8 @@ class VectorQuantization(Term):
     keeps the encoder near its codes; `codebook`, ||sg(e) - q||², only when the codebook is learned
     by gradient (an EMA codebook moves by itself); and, logged with weight 0, the batch's codebook
     `perplexity` (exp of the code distribution's entropy: the number of equally used codes it
-    equals) and the number of codes `used` in the batch."""
+    equals) and the number of codes `used` in the batch. On an FSQ model only the last two
+    (loss=fsq, commitment 0): FSQ learns nothing but the encoder and decoder."""
 
     def __init__(self, weight: float = 1.0, commitment: float = 0.25):
         super().__init__(weight)
@@ -144,6 +145,8 @@ class VectorQuantization(Term):
         return {"commit": self.weight * self.commitment, "codebook": self.weight}.get(part, 0.0)
 
     def __call__(self, out, x, y, model, reduction):
+        if out.extras.get("vq_fsq"):
+            return self._fsq(out)
         if "vq_e" not in out.extras:
             raise ConfigError("loss term 'vq' needs a VQ model (model=vqvae, or model.codebook set)")
         e, q = out.extras["vq_e"], out.extras["vq_q"]
@@ -153,3 +156,13 @@ class VectorQuantization(Term):
         parts["perplexity"] = out.extras["vq_perplexity"].float().expand(len(e))   # the quantiser's
         parts["used"] = out.extras["vq_used"].float().expand(len(e))
         return parts
+
+    def _fsq(self, out):
+        """An FSQ quantiser (aexp.models.fsq) has no codebook to commit to: a commitment weight
+        would be a term that does nothing, so it is refused; the usage parts are logged."""
+        if self.commitment:
+            raise ConfigError("an FSQ model (model.quantizer) has no codebook: its loss has no "
+                              "commitment term; use loss=fsq (or set loss.terms.vq.commitment=0)")
+        n = len(out.extras["codes"])
+        return {"perplexity": out.extras["vq_perplexity"].float().expand(n),
+                "used": out.extras["vq_used"].float().expand(n)}

@@ -18,6 +18,9 @@ offers:
   model is used outside a training run (lr-find, after training): None means "as trained";
 - `codebook_size` and `code_indices(x)`: for a model with a discrete code (VQ), the number of
   codes and each position's code index; None otherwise (a continuous code);
+- `decoder_parts`: the names of the submodules `decode` runs (None: not named), and
+  `decoder_parameters()`, their parameters: what RAE-L2's decoder penalty
+  (aexp.losses.DecoderL2) weighs; a test checks them against what `decode` touches;
 - `weight_product()`: the product of the weight matrices of a dense model (the W2·W1 picture),
   None for models where it means nothing;
 - `conditional`: True for a model that also takes class labels (a CVAE, aexp.models.dense):
@@ -47,6 +50,7 @@ class Autoencoder(nn.Module):
     latent_range = None
     codebook_size = None
     conditional = False   # True: encode/decode/forward also take class labels (see above)
+    decoder_parts = None  # names of the submodules decode() runs, e.g. ("unbottleneck", "decoder")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -60,6 +64,14 @@ class Autoencoder(nn.Module):
 
     def start_epoch(self, epoch: int | None) -> None:
         """Nothing changes between epochs unless a model says so."""
+
+    def decoder_parameters(self) -> list | None:
+        """The parameters of the submodules named in `decoder_parts` (absent or None ones
+        skipped), or None for a model that does not name them."""
+        if self.decoder_parts is None:
+            return None
+        parts = [getattr(self, name, None) for name in self.decoder_parts]
+        return [p for part in parts if part is not None for p in part.parameters()]
 
     def weight_product(self) -> torch.Tensor | None:
         return None

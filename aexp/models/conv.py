@@ -6,7 +6,9 @@ mirror, upsampling back to the encoder's recorded sizes, so any input size (28x2
 between them (required for the VAE); without it the code is the last feature map, flattened.
 With `codebook` set (VQ-VAE), a 1x1 conv maps the last feature map to the codebook's dimension
 and every position is quantised to its nearest code (`models/quantize.py`); the code is the
-quantised map, flattened, and `decode` snaps whatever it is given to the codebook.
+quantised map, flattened, and `decode` snaps whatever it is given to the codebook. With
+`quantizer` set instead (a built module, e.g. FSQ, `models/fsq.py`), that module quantises the
+map the same way (its `dim` channels, its `size` codes, its implicit `codebook`).
 """
 import math
 
@@ -20,9 +22,11 @@ from aexp.models.quantize import VectorQuantizer
 
 
 class ConvAE(Autoencoder):
+    decoder_parts = ("unbottleneck", "post_vq", "decoder", "out_act")   # not a VQ codebook
+
     def __init__(self, in_shape, out_shape, channels=(32, 64, 128), latent_dim=None,
                  upsample="transpose", activation="relu", output_activation="sigmoid",
-                 variational=False, codebook=None):
+                 variational=False, codebook=None, quantizer=None):
         super().__init__()
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         if len(self.in_shape) != 3 or self.in_shape[1:] != self.out_shape[1:]:
@@ -33,9 +37,15 @@ class ConvAE(Autoencoder):
             raise ConfigError("model.channels is empty; give at least one encoder stage")
         if variational and latent_dim is None:
             raise ConfigError("a convolutional VAE needs a dense bottleneck: set model.latent_dim")
-        if codebook is not None and (variational or latent_dim is not None):
-            raise ConfigError("a VQ model (model.codebook) quantises the last feature map: "
-                              "set model.latent_dim=null and model.variational=false")
+        if codebook is not None and quantizer is not None:
+            raise ConfigError("give model.codebook (VQ) or model.quantizer (e.g. FSQ), not both: "
+                              "set the other to null")
+        if quantizer is not None and not isinstance(quantizer, nn.Module):
+            raise ConfigError(f"model.quantizer must name a quantiser module with _target_ "
+                              f"(e.g. aexp.models.fsq.FSQ), got {type(quantizer).__name__}")
+        if (codebook is not None or quantizer is not None) and (variational or latent_dim is not None):
+            raise ConfigError("a VQ model (model.codebook or model.quantizer) quantises the last "
+                              "feature map: set model.latent_dim=null and model.variational=false")
         self.sizes = halvings(self.in_shape[1:], len(channels))
         check_sizes(self.sizes, "conv model")
         self.variational = variational
@@ -45,9 +55,10 @@ class ConvAE(Autoencoder):
         self.feature_shape = (channels[-1], *self.sizes[-1])
         flat = math.prod(self.feature_shape)
         self.latent_dim = latent_dim if latent_dim is not None else flat
-        self.quantizer = None
+        self.quantizer = quantizer
         if codebook is not None:
             self.quantizer = VectorQuantizer(**codebook)
+        if self.quantizer is not None:
             self.codebook_size = self.quantizer.size
             self.pre_vq = nn.Conv2d(channels[-1], self.quantizer.dim, 1)
             self.post_vq = nn.Conv2d(self.quantizer.dim, channels[-1], 1)

@@ -32,6 +32,7 @@ class MLP(Autoencoder):
     `in_features`, when set, states the input size the model is meant for, so a mismatch with
     the dataset fails before training instead of silently training something else.
     """
+    decoder_parts = ("decoder",)
 
     def __init__(self, in_shape, out_shape, hidden=(), latent_dim=2, activation="relu",
                  latent_activation="none", output_activation="sigmoid", bias=True,
@@ -80,6 +81,7 @@ class VAE(Autoencoder):
     """Dense Gaussian VAE: encoder -> (mu, log-variance) heads; z = mu + sigma * eps while
     training, z = mu at evaluation; decoder mirrors the encoder. `label_width`: extra inputs
     the encoder and the decoder take beside the image and the code (a CVAE's one-hot labels)."""
+    decoder_parts = ("decoder",)
 
     def __init__(self, in_shape, out_shape, hidden=(512,), latent_dim=2, activation="relu",
                  output_activation="sigmoid", label_width: int = 0):

@@ -34,6 +34,7 @@ class PoolingCNN(Autoencoder):
     transposed conv (kernel 5) + activation + BatchNorm (BatchNorm after the activation). The
     decoder mirrors it with nearest upsampling; the output is clamped by HardTanh(0, 1).
     `pooling` (0-3) is one option, so a depth sweep is one multirun."""
+    decoder_parts = ("up", "head")
 
     def __init__(self, in_shape, out_shape, pooling=2, width=32, kernel_size=5, activation="relu",
                  in_channels=None, out_channels=None):
@@ -90,6 +91,7 @@ class Baseline32(Autoencoder):
     take any size from 4x4 up, so the same weights train at 16x16 and then at 32x32.
     `head=False` drops the full-size conv stage: with channels [12, 24] and grid [16, 8] this is
     the published baseline exactly (its decoder's second upsampling conv gives the image)."""
+    decoder_parts = ("from_code", "decoder", "head")
 
     def __init__(self, in_shape, out_shape, channels=(32, 64, 128), latent_dim=1000,
                  grid=(16, 8, 4), activation="relu", output="clamp", code_activation=None,

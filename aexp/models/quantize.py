@@ -12,13 +12,16 @@ Codebook, two ways (`ema`):
 Dead codes: a code whose EMA assignment count (assignments per batch) falls below
 `restart_below` is moved to a random encoding of the current batch (also how the codebook
 starts: every count begins at 0, so the first training batch seeds it from real encodings).
-Under DDP the counts and sums are summed over ranks and restarts come from rank 0."""
+Under DDP the counts and sums are summed over ranks and restarts come from rank 0.
+`init: kmeans` starts the codebook instead from k-means over the first training batch's
+encodings (`kmeans.py`): every code begins at a cluster of encodings, none at an outlier."""
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from aexp.errors import ConfigError
+from aexp.models.kmeans import INITS, KMeansInit, nearest
 
 USAGE_DECAY = 0.99   # how fast a learned (non-EMA) codebook's usage counts forget
 
@@ -33,28 +36,33 @@ def usage(codes: torch.Tensor, size: int, dtype=torch.float32) -> tuple[torch.Te
     return (counts > 0).sum(), torch.exp(-(p * p.clamp_min(torch.finfo(dtype).tiny).log()).sum())
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(KMeansInit, nn.Module):
     def __init__(self, size: int = 512, dim: int = 64, ema: float | None = 0.99,
-                 restart_below: float = 1.0, eps: float = 1e-5):
+                 restart_below: float = 1.0, eps: float = 1e-5, init: str = "random",
+                 kmeans_iters: int = 10):
         super().__init__()
         if size < 2 or dim < 1:
             raise ConfigError(f"model.codebook needs size >= 2 and dim >= 1, got {size} and {dim}")
         if ema is not None and not 0 < ema < 1:
             raise ConfigError(f"model.codebook.ema must be in (0, 1) or null, got {ema}")
+        if init not in INITS or kmeans_iters < 0:
+            raise ConfigError(f"model.codebook.init must be one of {', '.join(INITS)} and "
+                              f"kmeans_iters >= 0, got {init!r} and {kmeans_iters}")
         self.size, self.dim, self.ema, self.restart_below, self.eps = size, dim, ema, restart_below, eps
-        init = torch.randn(size, dim)
+        self.init, self.kmeans_iters = init, kmeans_iters
+        start = torch.randn(size, dim)
         if ema is None:
-            self.codebook = nn.Parameter(init)
+            self.codebook = nn.Parameter(start)
         else:
-            self.register_buffer("codebook", init)
-            self.register_buffer("embed_sum", init.clone())
+            self.register_buffer("codebook", start)
+            self.register_buffer("embed_sum", start.clone())
         self.register_buffer("count", torch.zeros(size))   # EMA of assignments per batch
+        if init == "kmeans":   # only then: a random-init checkpoint keeps its old entries
+            self.add_kmeans_state()
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code (squared Euclidean) for each row of `flat` [N, dim]."""
-        e = self.codebook.float()
-        d = flat.float().pow(2).sum(1, keepdim=True) - 2 * flat.float() @ e.T + e.pow(2).sum(1)
-        return d.argmin(1)
+        return nearest(flat, self.codebook)
 
     def snap(self, h: torch.Tensor) -> torch.Tensor:
         """A feature map [B, dim, H, W] with every position replaced by its nearest code."""
@@ -67,6 +75,9 @@ class VectorQuantizer(nn.Module):
         chosen codes `vq_q` (a gradient only when the codebook is a parameter), `codes`, and
         the batch's codebook usage (`vq_used`, `vq_perplexity`)."""
         flat = h.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        if self.training and self.init == "kmeans" and torch.is_grad_enabled():
+            # once per run, on the first training step (not the no-grad preflight check)
+            self.seed_by_kmeans(flat.detach().float())
         idx = self.nearest(flat)
         if self.training:
             self._update(flat.detach().float(), idx)

@@ -60,6 +60,8 @@ def stage(c_in: int, c_out: int, blocks: int, groups: int) -> nn.Sequential:
 
 
 class ResConvAE(Autoencoder):
+    decoder_parts = ("unbottleneck", "dec_in", "dec_stages", "ups", "widen", "dec_out", "last_layer", "out_act")
+
     def __init__(self, in_shape, out_shape, channels=(32, 64, 128), blocks=1, groups=8,
                  latent_channels=None, latent_dim=None, variational=False,
                  output_activation="sigmoid"):

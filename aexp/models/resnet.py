@@ -37,6 +37,8 @@ def load_weights(net: nn.Module, path: str) -> None:
 
 
 class ResNetAE(Autoencoder):
+    decoder_parts = ("unbottleneck", "decoder", "out_act")
+
     def __init__(self, in_shape, out_shape, arch="resnet18", weights=None, freeze_epochs=0,
                  decoder_channels=(256, 128, 64, 32), latent_dim=None, upsample="nearest",
                  activation="relu", output_activation="sigmoid"):

@@ -51,6 +51,10 @@ ADDED_LATER = {
     "dataset.skip_bad": (lambda saved, value: value in (None, False), "dataset.skip_bad=false"),
     # training images were always used as stored
     "task.binarize": (lambda saved, value: value in (None, False), "task.binarize=false"),
+    # a VQ codebook always started from restarts; kmeans_iters means nothing without k-means
+    "model.codebook.init": (lambda saved, value: value in (None, "random"), "model.codebook.init=random"),
+    "model.codebook.kmeans_iters": (lambda saved, value: saved.get("model.codebook.init") in (None, "random"),
+                                    "model.codebook.init=random"),
 }
 
 
