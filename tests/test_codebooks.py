@@ -8,6 +8,8 @@ exactly; the decoder penalty is the hand sum of the decoder's squares and leaves
 alone; every model option names exactly the parameters its `decode` uses."""
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from aexp.models.conv import ConvAE
 from aexp.models.fsq import FSQ
 from aexp.models.kmeans import kmeans
 from aexp.models.quantize import VectorQuantizer
-from conftest import options, run_cli
+from conftest import ROOT, options, run_cli
 from test_disentangling_models import assert_same_end, stop_then_resume
 from test_zoo import MODELS as ZOO_MODELS
 
@@ -147,6 +149,33 @@ def test_kmeans_is_reproducible_with_the_seed_and_runs_once():
     assert fresh.kmeans_done == 0
     with pytest.raises(ConfigError, match="model.codebook.init"):
         VectorQuantizer(size=8, dim=2, init="kmedoids")
+
+
+KMEANS_DDP = """
+import sys, torch
+from aexp.models.quantize import VectorQuantizer
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+torch.manual_seed(rank)                        # each process its own draws and its own shard
+vq = VectorQuantizer(size=4, dim=2, init="kmeans").train()
+h = torch.randn(1, 2, 1, 64) + 10.0 * rank     # the shards lie far apart
+vq(h)
+torch.save({k: v.clone() for k, v in vq.state_dict().items()}, f"{out}.{rank}")
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_under_torchrun_the_kmeans_start_is_rank_0s_on_every_process(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", KMEANS_DDP, str(rank), str(tmp_path / "store"),
+                               str(tmp_path / "vq")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+    a, b = (torch.load(tmp_path / f"vq.{rank}") for rank in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)               # one codebook, one state
+    assert a["kmeans_done"] == 1 and a["codebook"].abs().max() < 5   # centres from rank 0's shard
+    assert torch.isclose(a["count"].sum(), torch.tensor(128.0))  # counts summed over both shards
 
 
 # --- resume ----------------------------------------------------------------------------------
