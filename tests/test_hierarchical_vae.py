@@ -5,6 +5,7 @@ training lowers the loss, a killed run resumes exactly, and `aexp eval` scores i
 own hierarchy and draws samples from it."""
 import json
 import math
+from types import SimpleNamespace
 
 import torch
 from torch.distributions import Normal
@@ -13,6 +14,7 @@ from aexp.assemble import build_loss
 from aexp.io import read_csv
 from aexp.losses.variational import bernoulli_log_prob, log_weights
 from aexp.models.hierarchical import HierarchicalVAE
+from aexp.report import sample
 from aexp.report.measures import nll_and_elbo
 from aexp.run.train import train
 from test_disentangling_models import assert_same_end, stop_then_resume
@@ -116,6 +118,12 @@ def test_eval_scores_the_nll_under_the_hierarchy_and_samples_it(compose_cfg, tmp
     assert "p(z2)" in vae["prior"] and 0 < vae["nll"] < 64 * math.log(2) * 2
     assert vae["elbo"] <= -vae["nll"]
     assert (tmp_path / "run" / "pictures" / "samples.png").is_file()
+    # `aexp sample --sampler prior` draws z1 through the hierarchy, not N(0, I) codes
     model = tiny_model()
-    codes = model.prior_codes(5, torch.Generator().manual_seed(0))
-    assert codes.shape == (5, 2)
+    codes, entry = sample.draw_codes(SimpleNamespace(model=model), "prior", 5, torch.Generator().manual_seed(0))
+    assert torch.equal(codes, model.prior_codes(5, torch.Generator().manual_seed(0)))
+    assert codes.shape == (5, 2) and "ancestral" in entry["from"]
+    z2 = torch.randn(5, 1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mean = model.p1(z2)[0]
+    assert not torch.allclose(codes, mean) and (codes - mean).abs().max() < 10

@@ -53,7 +53,7 @@ def draw(mu, logvar, generator=None):
 class HierarchicalVAE(Autoencoder):
     """Two stochastic layers (see the module's docstring). `hidden1`: the widths between x and
     z1 (the decoder p(x|z1) has them reversed); `hidden2`: between z1 and z2 (p(z1|z2) reversed)."""
-    prior_name = "the model's own: p(z2) = N(0, I), p(z1 | z2) Gaussian"
+    prior_name = "the model's own, p(z2) = N(0, I) then p(z1 | z2)"   # eval.json's vae.prior
     decoder_parts = ("decoder",)   # what decode() runs (aexp.models.base)
 
     def __init__(self, in_shape, out_shape, hidden1=(200, 200), latent1: int = 100,

@@ -178,7 +178,7 @@ def draw_codes(run, name: str, n: int, gen: torch.Generator, overrides=(), log=p
         sampler, entry = fitted(run, name, overrides, log)
         return sampler.sample(n, gen), entry
     if hasattr(model, "prior_codes"):   # a hierarchical VAE: z2 ~ N(0, I), then z1 ~ p(z1 | z2)
-        return model.prior_codes(n, gen), {"from": f"the model's own prior ({model.prior_name})"}
+        return model.prior_codes(n, gen), {"from": f"ancestral draws from {model.prior_name}"}
     if model.codebook_size is None:
         x, _ = run.data.batch(run.data.train, torch.arange(1, device=run.data.train.x.device))
         dim = model.encode(x).flatten(1).shape[1]
