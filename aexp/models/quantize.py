@@ -11,7 +11,8 @@ Codebook, two ways (`ema`):
 - `ema: null`: the codebook is a parameter learned through the codebook loss ||sg(e) - q||².
 Dead codes: a code whose EMA assignment count (assignments per batch) falls below
 `restart_below` is moved to a random encoding of the current batch (also how the codebook
-starts: every count begins at 0, so the first training batch seeds it from real encodings).
+starts: every count begins at 0, so the first batch seen in training mode seeds it from real
+encodings; in `aexp train` that is the loop's two-sample preflight check).
 Under DDP the counts and sums are summed over ranks and restarts come from rank 0.
 `init: kmeans` starts the codebook instead from k-means over the first training batch's
 encodings (`kmeans.py`): every code begins at a cluster of encodings, none at an outlier."""
