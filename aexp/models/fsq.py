@@ -28,7 +28,6 @@ class FSQ(nn.Module):
         levels = [int(v) for v in levels]
         if not levels or min(levels) < 2:
             raise ConfigError(f"model.quantizer.levels needs one or more levels, each >= 2, got {levels}")
-        self.levels_list = levels
         self.size, self.dim = math.prod(levels), len(levels)
         if self.size < 2 or self.size > 2**24:
             raise ConfigError(f"model.quantizer.levels give {self.size} codes; keep it within 2..2^24")
