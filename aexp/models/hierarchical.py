@@ -18,9 +18,14 @@ import math
 import torch
 from torch import nn
 
-from aexp.losses.variational import gaussian_log_density
 from aexp.models.base import Autoencoder, Output
 from aexp.models.base import activation as make_act
+
+
+def gaussian_log_density(z, mu, logvar):
+    """log N(z; mu, exp(logvar)) per element (models sit below losses: the losses' own copy,
+    aexp.losses.variational, cannot be imported here)."""
+    return -0.5 * (((z - mu) ** 2) / logvar.exp() + logvar + math.log(2 * math.pi))
 
 
 def _mlp(sizes, act) -> nn.Sequential:
