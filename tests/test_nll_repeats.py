@@ -1,6 +1,7 @@
 """pythae's NLL recipe where aexp can follow it: `eval.nll_repeats` estimates the NLL several
 times with independent importance samples on one binarised test set (the first repeat is the
 number one estimate always gave), and `schedule=multistep` is torch's MultiStepLR, per epoch."""
+import json
 import math
 
 import numpy as np
@@ -10,12 +11,13 @@ from omegaconf import OmegaConf
 from aexp.assemble import build_schedule, conf_dir, load_run
 from aexp.losses.variational import importance_log_weights
 from aexp.report.likelihood import vae_likelihood
+from conftest import run_cli
 
 TINY = ["train", "dataset=digits", "model=vae", "model.hidden=[16]", "model.latent_dim=3",
         "train.epochs=1", "train.threads=1", "frames.enabled=false", "eval.enabled=false", "device=cpu"]
 
 
-def test_repeats_share_the_images_differ_in_samples_and_average(tmp_path):
+def test_repeats_share_the_images_differ_in_samples_and_average(tmp_path, capsys):
     from aexp.cli import main
     assert main([*TINY, f"hydra.run.dir={tmp_path / 'run'}"]) == 0
     loaded = load_run(tmp_path / "run", device="cpu")
@@ -41,6 +43,13 @@ def test_repeats_share_the_images_differ_in_samples_and_average(tmp_path):
     assert [len(x) for x in seen] == [20, 20, 20, 10, 10, 10]
     assert all(torch.equal(seen[0], x) for x in seen[1:3]) and all(torch.equal(seen[3], x) for x in seen[4:])
     assert set(seen[0].unique().tolist()) <= {0.0, 1.0}                           # binarised
+    # through the CLI: --nll-repeats, and a count below 1 refused in one line
+    code, err = run_cli(["eval", tmp_path / "run", "--no-classifier", "--no-pictures", "--nll-samples", "4",
+                         "--nll-max-images", "10", "--nll-repeats", "2"], capsys)
+    vae = json.loads((tmp_path / "run" / "eval.json").read_text())["vae"]
+    assert code == 0 and vae["repeats"] == 2 and len(vae["nll_repeats"]) == 2, err
+    code, err = run_cli(["eval", tmp_path / "run", "--nll-repeats", "0"], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("aexp: error: ") and "nll_repeats" in err
 
 
 def test_multistep_lr_at_given_epochs_by_hand(compose_cfg):
