@@ -224,3 +224,43 @@ def test_baseline32_without_head_is_the_published_model():
     with_head = Baseline32((3, 32, 32), (3, 32, 32), channels=[12, 24], grid=[16, 8], code_activation="none")
     assert sum(p.numel() for p in with_head.parameters()) > n      # the extra full-size stage
     assert ours(torch.rand(2, 3, 32, 32)).x_hat.shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_grid_max_pool_is_adaptive_max_pooling_ties_included(dtype, channels_last):
+    """The baseline's pooling takes plain max-pooling when the grid divides the input: the same
+    values and the same gradient routing as nn.AdaptiveMaxPool2d, even where a window holds ties
+    (ReLU zeros); a size the grid does not divide (and a progressive stage) stays adaptive."""
+    from aexp.models.pooling import GridMaxPool
+    torch.manual_seed(0)
+    for shape, grid in (((4, 5, 32, 32), 16), ((4, 5, 16, 16), 8), ((2, 3, 30, 30), 8), ((2, 3, 16, 16), 16)):
+        x = torch.randn(*shape).relu().round().to(dtype)           # many ties: 0s and 1s
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        want, got = torch.nn.AdaptiveMaxPool2d(grid)(a), GridMaxPool(grid)(b)
+        g = torch.randn_like(want)
+        want.backward(g)
+        got.backward(g)
+        assert torch.equal(want, got) and torch.equal(a.grad, b.grad), (shape, grid)
+
+
+def test_baseline32_skips_a_resize_to_its_own_size():
+    """decode() resizes only when the decoder's map differs from the asked size (the same-size
+    nearest resize copied the image forward and backward for nothing)."""
+    from aexp.models.pooling import Baseline32
+    m = Baseline32((3, 32, 32), (3, 32, 32), channels=[4, 8], grid=[16, 8], head=False)
+    calls = []
+    real = torch.nn.functional.interpolate
+    def spy(*a, **k):          # nn.Upsample's own 2x steps pass scale_factor, not size
+        if k.get("size") is not None:
+            calls.append(tuple(k["size"]))
+        return real(*a, **k)
+    torch.nn.functional.interpolate = spy
+    try:
+        z = m.encode(torch.rand(2, 3, 32, 32))
+        assert m.decode(z).shape == (2, 3, 32, 32) and calls == []
+        assert m.decode(z, (30, 30)).shape == (2, 3, 30, 30) and calls == [(30, 30)]
+    finally:
+        torch.nn.functional.interpolate = real
