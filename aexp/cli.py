@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import os
 import sys
+import time
 from typing import NamedTuple
 
 from aexp import project
@@ -203,17 +204,36 @@ def _named_folder_lock(command: Command, args: list[str]):
     return folder_lock(named[-1])
 
 
+def openmp_waits(window: float = 0.1) -> str:
+    """Set how torch's OpenMP threads wait, before a command imports torch (libgomp reads
+    OMP_WAIT_POLICY once, as it loads; a value the user set wins). Threads that finish a parallel
+    region early spin (libgomp: ~300,000 iterations) before they sleep: beside busy processes they
+    burn the cores the late thread needs (a conv AE step at 2 threads beside two busy processes:
+    20-30 ms sleeping, 50-900 ms spinning), so where the cores are busy now PASSIVE makes them
+    sleep at once. On quiet cores spinning is faster, most for bf16's many short parallel regions
+    (the published 32x32 baseline, 2 threads, bf16: 36 ms a step spinning, 47 ms sleeping;
+    docs/explanation/performance-cpu.md). Returns the policy in force ("" = libgomp's default)."""
+    if "OMP_WAIT_POLICY" not in os.environ and not cores_quiet(window):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return os.environ.get("OMP_WAIT_POLICY", "")
+
+
+def cores_quiet(window: float = 0.1, busy_below: float = 0.25) -> bool:
+    """True when other processes use under `busy_below` of the machine's CPU time over `window`
+    seconds (/proc/stat, sampled while this process sleeps); False where that cannot be read."""
+    def ticks():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]   # all, idle + iowait
+    try:
+        (t0, i0), _, (t1, i1) = ticks(), time.sleep(window), ticks()
+    except (OSError, ValueError, IndexError):
+        return False
+    return t1 > t0 and 1 - (i1 - i0) / (t1 - t0) < busy_below
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # OpenMP threads that finish a parallel region early spin for a while (libgomp: ~300,000
-    # iterations) before they sleep: on a busy machine they burn the cores the late thread needs.
-    # PASSIVE makes them sleep at once (a conv AE step at 2 threads beside two busy processes:
-    # 20-30 ms instead of 50-900 ms; 1 thread: 14-25 ms). libgomp reads this only when it loads,
-    # with torch, so it is set here, before any command imports torch; it does nothing where
-    # torch is already loaded (`main` called in-process, as the tests do), and a value set by
-    # the user wins. (torch.set_num_interop_threads is left alone: eager training runs no
-    # inter-op work, and it may be called once per process only.)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
@@ -222,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aexp: error: unknown command '{name}' (choose from: {', '.join(BY_NAME)}; "
               f"see aexp --help)", file=sys.stderr)
         return 2
+    openmp_waits()
     command = BY_NAME[name]
     # --trust (any command): open run folders whose stored config names targets outside aexp's
     # own (see aexp.trust); the same as AEXP_TRUST=1, for this call only

@@ -97,14 +97,15 @@ def test_apply_counts_the_real_step_of_a_tiny_and_a_big_model(compose_cfg, cores
     text = threads.apply("auto", model, data, 64, CPU)
     assert text.startswith("threads 4 (auto: 4 cores / 1 job, ~2") and torch.get_num_threads() == 4
     assert threads.apply("auto", model, data, 2, CPU).startswith("threads 1 (auto: small step")
-    assert threads.apply(2, model, data, 64, CPU) == "threads 2 (train.threads)"
+    assert threads.apply(2, model, data, 64, CPU) == f"threads 2 (train.threads{threads.waits()})"
+    assert threads.waits() in ("; OpenMP waits sleep", "; OpenMP waits spin")
 
 
 def test_null_puts_torch_default_back_after_another_run_changed_it(compose_cfg):
     data, model, _ = build_parts(compose_cfg([]), CPU)
     threads.apply("auto", model, data, 64, CPU)              # remembers torch's own count first
     torch.set_num_threads(1)
-    assert threads.apply(None, model, data, 64, CPU) == f"threads {threads._torch_default} (torch's default)"
+    assert threads.apply(None, model, data, 64, CPU) == f"threads {threads._torch_default} (torch's default{threads.waits()})"
     assert torch.get_num_threads() == threads._torch_default
 
 
@@ -144,13 +145,33 @@ def test_an_in_process_joblib_job_sees_its_jobs_and_leaves_no_trace(tmp_path, ca
     assert code == 0 and seen == ["1"] and threads.JOBS_ENV not in os.environ
 
 
-def test_the_cli_makes_openmp_threads_sleep_unless_told_otherwise(monkeypatch, capsys):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    cli.main(["--help"])
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+def test_the_cli_makes_openmp_threads_sleep_on_busy_cores_unless_told_otherwise(monkeypatch, capsys):
+    calls = []
+    for quiet, want in ((False, "PASSIVE"), (True, None)):
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        monkeypatch.setattr(cli, "cores_quiet", lambda window: calls.append(window) or quiet)
+        with pytest.raises(SystemExit):       # the command's own --help: argparse exits
+            cli.main(["summary", "--help"])
+        assert os.environ.get("OMP_WAIT_POLICY") == want
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    cli.main(["--help"])
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    with pytest.raises(SystemExit):
+        cli.main(["summary", "--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and len(calls) == 2   # the user's value: not asked
+
+
+def test_cores_quiet_reads_the_machines_cpu_time(monkeypatch, tmp_path):
+    """Busy when other processes used a quarter of the CPU time over the window; False where
+    /proc/stat cannot be read or parsed (another OS: the sleeping waits, as before)."""
+    import builtins
+    samples = iter(["cpu 100 0 100 800 0 0 0 0 0 0\n", "cpu 150 0 150 900 0 0 0 0 0 0\n",   # 50 % busy
+                    "cpu 100 0 0 900 0 0 0 0 0 0\n", "cpu 110 0 0 990 0 0 0 0 0 0\n"])      # 10 % busy
+    real_open = builtins.open
+    fake = lambda path, *a, **k: __import__("io").StringIO(next(samples)) if path == "/proc/stat" else real_open(path, *a, **k)
+    monkeypatch.setattr(builtins, "open", fake)
+    assert cli.cores_quiet(0) is False
+    assert cli.cores_quiet(0) is True
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    assert cli.cores_quiet(0) is False
 
 
 @pytest.mark.slow

@@ -83,4 +83,12 @@ def apply(setting, model, data, batch: float, device: torch.device) -> str:
     # null puts torch's default back: a process that trains twice (a joblib worker, a test
     # session) would otherwise keep the previous run's count
     torch.set_num_threads(n or _torch_default)
-    return f"threads {torch.get_num_threads()} ({why})"
+    return f"threads {torch.get_num_threads()} ({why}{waits()})"
+
+
+def waits() -> str:
+    """The banner's words on how idle OpenMP threads wait (aexp.cli.openmp_waits decides), for
+    runs that compute with more than one thread on the CPU."""
+    if torch.get_num_threads() < 2:
+        return ""
+    return "; OpenMP waits " + ("sleep" if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else "spin")
