@@ -56,6 +56,34 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, wind
     return s.flatten(1).mean(1)
 
 
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor, betas, data_range: float = 1.0) -> torch.Tensor:
+    """Multi-scale SSIM per image (Wang et al. 2003) exactly as torchmetrics' function computes it
+    by default (a test compares the two): at each scale the images are reflection-padded by half
+    the 11x11 window, the SSIM is averaged over the whole padded-size map and the contrast-
+    structure term over the interior, both through a ReLU; 2x2 average pooling between scales;
+    the product of the first scales' contrast-structure terms and the last scale's SSIM, each to
+    the power of its weight in `betas`. Computed here because torchmetrics' one grouped
+    convolution over the five stacked maps ran about half as fast on the CPU (10,000 32x32 images:
+    8.5 s against 4.0 s)."""
+    x, y, out = pred.float(), target.float(), 1.0
+    c = x.shape[1]
+    kernel = _gaussian_window(11, 1.5, x.device).expand(c, 1, 11, 11)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    for i, beta in enumerate(betas):
+        blur = lambda t: F.conv2d(F.pad(t, (5, 5, 5, 5), mode="reflect"), kernel, groups=c)
+        mx, my = blur(x), blur(y)
+        vx = (blur(x * x) - mx ** 2).clamp_min(0)
+        vy = (blur(y * y) - my ** 2).clamp_min(0)
+        upper, lower = 2 * (blur(x * y) - mx * my) + c2, vx + vy + c2
+        if i == len(betas) - 1:
+            term = ((2 * mx * my + c1) * upper) / ((mx ** 2 + my ** 2 + c1) * lower)
+        else:
+            term = (upper / lower)[..., 5:-5, 5:-5]
+        out = out * term.flatten(1).mean(1).relu() ** beta
+        x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    return out
+
+
 def within_bound(pred: torch.Tensor, target: torch.Tensor, bounds) -> torch.Tensor:
     """Per sample and bound, the share of values whose absolute error is at most the bound:
     shape [N, len(bounds)]. Used for colourisation accuracy on the a,b channels in [0, 1]."""

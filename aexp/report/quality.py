@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from aexp.errors import ConfigError
+from aexp.report import measures
 
 FEATURES = 128   # the classifier's penultimate width (report/classifier.py SmallCNN)
 
@@ -99,14 +100,14 @@ def ms_ssim_scales(h: int, w: int, window: int = 11) -> int:
 
 def ms_ssim(pred: torch.Tensor, target: torch.Tensor, batch: int = 500) -> dict | None:
     """Mean MS-SSIM over images [N, C, H, W] in [0, 1], with the scales the size allows (None
-    below two scales, where it would be SSIM again)."""
-    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as msssim
+    below two scales, where it would be SSIM again); torchmetrics' definition, computed by
+    aexp.report.measures.ms_ssim."""
     n = ms_ssim_scales(*pred.shape[-2:])
     if n < 2:
         return None
     betas = tuple(b / sum(MS_SSIM_BETAS[:n]) for b in MS_SSIM_BETAS[:n])
-    values = [msssim(pred[i:i + batch].float(), target[i:i + batch].float(), data_range=1.0,
-                     betas=betas, reduction="none") for i in range(0, len(pred), batch)]
+    values = [measures.ms_ssim(pred[i:i + batch], target[i:i + batch], betas)
+              for i in range(0, len(pred), batch)]
     return {"ms_ssim": torch.cat(values).mean().item(), "ms_ssim_scales": n}
 
 
