@@ -11,10 +11,12 @@ joblib sweep on 2 cores vs the jobs one after another; and datasets of any size
 device, host and disk storage, and the disk path's peak memory at 1x and 4x the images.
 Writes `outputs/bench/bench.json` and `outputs/bench/bench.md`.
 """
-import os
-# the in-process rows run as `aexp train` does: OpenMP waits sleep (aexp.cli.main), set before torch loads
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# the in-process rows run as `aexp train` does: OpenMP waits sleep where the cores are busy as it
+# starts, else spin (aexp.cli.openmp_waits, before torch loads; aexp.cli does not import torch)
+from aexp.cli import openmp_waits
+openmp_waits()
 import argparse  # noqa: E402
+import os  # noqa: E402
 import json
 import platform
 import statistics
@@ -250,6 +252,7 @@ def main(argv=None) -> int:
     rows = set(args.only.split(",")) if args.only else None
     want = lambda name: rows is None or name in rows
     report = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+                          "openmp_waits": "sleep" if os.environ.get("OMP_WAIT_POLICY") == "PASSIVE" else "spin",
                           "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                           "torch": torch.__version__},
               "data": "real MNIST" if args.root else "synthetic MNIST-shaped", "batch_size": args.batch_size,
@@ -292,7 +295,8 @@ def main(argv=None) -> int:
 
 def markdown(r) -> str:
     m = r["machine"]
-    lines = [f"Machine: {m['device']} · {m['cpu_threads']} CPU threads · torch {m['torch']} · "
+    lines = [f"Machine: {m['device']} · {m['cpu_threads']} CPU threads (OpenMP waits "
+             f"{m.get('openmp_waits', 'sleep')}) · torch {m['torch']} · "
              f"{r['data']} · batch {r['batch_size']}", ""]
     if r["models"]:
         lines += ["| model | aexp samples/s | conventional samples/s | ratio (each A B pair) |",

@@ -85,9 +85,15 @@ def test_auto_on_the_cpu_follows_amx_and_model_size(info, flops, expected):
     assert got == expected and why.startswith("auto")
 
 
-def test_auto_on_the_cpu_keeps_fp32_at_two_threads_and_says_how_to_get_bf16():
+def test_auto_on_the_cpu_keeps_fp32_at_two_threads_and_says_how_to_get_bf16(monkeypatch):
+    """Whatever the waits (so one command trains in one arithmetic whatever the load); the hint
+    names 1 thread where the waits sleep, and bf16 at these threads where they spin."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     got, why = prec.resolve("auto", CPU, lambda: 3e8, info=AMX, threads=2)
     assert got == "fp32" and "train.threads=1 train.precision=bf16" in why
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    got, why = prec.resolve("auto", CPU, lambda: 3e8, info=AMX, threads=2)
+    assert got == "fp32" and "spinning waits" in why and why.endswith(": train.precision=bf16")
     assert prec.resolve("auto", CPU, lambda: 3e8, info=AMX, threads=1)[0] == "bf16"
 
 
