@@ -99,6 +99,16 @@ def aexp(*args, cwd=None, check=True, timeout=300):
     return proc
 
 
+
+def two_gloo_processes(script: str, *args) -> None:
+    """Run `script` (python -c) as ranks 0 and 1, as torchrun would start two processes on this
+    machine (the script sets up its gloo group from its argv: rank, then `args`); both must exit 0."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(rank), *map(str, args)], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1100,900")

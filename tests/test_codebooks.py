@@ -8,8 +8,6 @@ exactly; the decoder penalty is the hand sum of the decoder's squares and leaves
 alone; every model option names exactly the parameters its `decode` uses."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,7 +20,7 @@ from aexp.models.conv import ConvAE
 from aexp.models.fsq import FSQ
 from aexp.models.kmeans import kmeans
 from aexp.models.quantize import VectorQuantizer
-from conftest import ROOT, options, run_cli
+from conftest import options, run_cli, two_gloo_processes
 from test_disentangling_models import assert_same_end, stop_then_resume
 from test_zoo import MODELS as ZOO_MODELS
 
@@ -166,12 +164,7 @@ torch.distributed.destroy_process_group()
 
 
 def test_under_torchrun_the_kmeans_start_is_rank_0s_on_every_process(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-c", KMEANS_DDP, str(rank), str(tmp_path / "store"),
-                               str(tmp_path / "vq")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-             for rank in (0, 1)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-2000:]
+    two_gloo_processes(KMEANS_DDP, tmp_path / "store", tmp_path / "vq")
     a, b = (torch.load(tmp_path / f"vq.{rank}") for rank in (0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)               # one codebook, one state
     assert a["kmeans_done"] == 1 and a["codebook"].abs().max() < 5   # centres from rank 0's shard

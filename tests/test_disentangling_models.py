@@ -23,7 +23,7 @@ from aexp.losses import (DIP, CapacityKL, Critic, FactorTC, Loss, Term, dip_cova
                          permute_dims)
 from aexp.models import Output
 from aexp.run.train import train
-from conftest import ROOT, aexp, options
+from conftest import ROOT, aexp, options, two_gloo_processes
 
 # A small VAE on the bundled 8x8 digits: seconds per run on one thread.
 TINY = ["dataset=digits", "model=vae", "model.hidden=[32]", "model.latent_dim=4",
@@ -340,12 +340,7 @@ torch.distributed.destroy_process_group()
 def test_under_torchrun_a_critics_gradients_are_averaged_over_processes(tmp_path):
     """Each process trains its copy of the critic on its shard: averaged gradients keep the
     copies equal (1 and 2 -> 1.5 on both). Two gloo processes, as torchrun would start."""
-    procs = [subprocess.Popen([sys.executable, "-c", AVERAGE, str(rank), str(tmp_path / "store"),
-                               str(tmp_path / "grads")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-             for rank in (0, 1)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-2000:]
+    two_gloo_processes(AVERAGE, tmp_path / "store", tmp_path / "grads")
     for rank in (0, 1):
         for g in torch.load(tmp_path / f"grads.{rank}"):
             assert torch.equal(g, torch.full_like(g, 1.5))
