@@ -49,6 +49,7 @@ def test_fsq_each_channel_takes_exactly_its_levels_and_indices_round_trip(levels
 
 
 def test_fsq_gradient_passes_straight_through_and_snap_keeps_grid_points():
+    torch.manual_seed(0)
     fsq = FSQ([8, 5, 5, 5])
     h = (torch.randn(2, 4, 3, 3) * 0.5).requires_grad_(True)
     q, extras = fsq(h)
@@ -56,7 +57,8 @@ def test_fsq_gradient_passes_straight_through_and_snap_keeps_grid_points():
     assert h.grad is not None and (h.grad.abs() > 0).all()           # tanh's slope, never 0
     assert extras["codes"].shape == (2, 3, 3) and extras["vq_fsq"]
     assert torch.equal(fsq.snap(q.detach()), q.detach())
-    nudged = q.detach() + 0.05 * torch.randn_like(q)
+    # moved by under half the finest spacing (8 levels: 0.25 apart), every value snaps back
+    nudged = q.detach() + 0.1 * (2 * torch.rand_like(q) - 1)
     assert torch.equal(fsq.snap(nudged), q.detach())
     with pytest.raises(ConfigError):
         FSQ([8, 1])
