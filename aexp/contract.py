@@ -30,7 +30,7 @@ from aexp.assemble import build, build_loss, build_model, conf_dir, seed_everyth
 from aexp.errors import AexpError, ConfigError, one_line
 from aexp.models import Autoencoder, call
 from aexp.report.export import to_pt2
-from aexp.run.steps import labels as split_labels, preflight
+from aexp.run.steps import preflight
 
 
 class Skip(Exception):   # a check that does not apply (not variational, ...): printed, not failed
@@ -89,7 +89,7 @@ class Checks:
         self.data = build(cfg.dataset).prepare(build(cfg.task), build(cfg.corruption))
         idx = torch.arange(min(batch, len(self.data.train)))
         self.x, self.y = self.data.batch(self.data.train, idx)
-        self.labels = split_labels(self.data.train, idx)
+        self.labels = self.data.train.labels(idx)
         self.b, self.out_shape, self.seen = len(idx), tuple(self.data.out_shape), {}
 
     def fresh(self, seed: int):

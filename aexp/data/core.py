@@ -27,6 +27,11 @@ class Split:
     def __len__(self):
         return len(self.x)
 
+    def labels(self, idx):
+        """The class labels of the samples `idx` (an index tensor or array; on the labels'
+        device), or None for unlabelled data: what a conditional model is given with them."""
+        return None if self.y is None else self.y[torch.as_tensor(idx, device=self.y.device)]
+
     def plan(self, batches) -> None:
         """Say which index tensors the coming batches will ask for (an iterable), so storage
         that reads per batch prepares them ahead; resident tensors need nothing."""

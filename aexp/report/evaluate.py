@@ -52,7 +52,7 @@ def predict(model, data, split, batch_size: int) -> dict:
     for i in range(0, n, batch_size):
         idx = torch.arange(i, min(i + batch_size, n), device=split.x.device)
         x, y = data.batch(split, idx)
-        out = call(model, x, None if split.y is None else split.y[idx])   # (labels: a conditional model)
+        out = call(model, x, split.labels(idx))   # (labels: a conditional model's)
         got = {"x": x, "y": y, "x_hat": out.x_hat, "z": out.z}
         if "mu" in out.extras and "logvar" in out.extras:
             got.update(mu=out.extras["mu"], logvar=out.extras["logvar"])

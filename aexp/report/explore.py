@@ -104,7 +104,7 @@ def encode_split(run, split, order: np.ndarray, batch: int = 1024) -> dict:
     for i in range(0, len(order), batch):
         idx = torch.as_tensor(order[i:i + batch], device=split.x.device)
         x, y = run.data.batch(split, idx)
-        labels = None if split.y is None else split.y[idx]   # (a conditional model's)
+        labels = split.labels(idx)   # (a conditional model's)
         out = call(run.model, x, labels)
         parts["z"].append(encode_with(run.model, x, labels).float().cpu().numpy())
         parts["input"].append(draw.tiles(run.data.task.unnormalize(x)))   # what the model sees
@@ -146,7 +146,7 @@ def fit_budget(order, enc, max_mb: float):
 
 def pack_samples(data, order, enc, split=None) -> dict:
     split = data.test if split is None else split
-    labels = None if split.y is None else split.y[torch.as_tensor(order, device=split.y.device)]
+    labels = split.labels(order)
     same_input = data.task.name == "reconstruct"   # input == target
     return {
         "index": order.tolist(),

@@ -135,8 +135,7 @@ def denoising(out, data, model, seed) -> list[Path]:
     if data.task.name != "reconstruct" or isinstance(data.corruption, NoCorruption):
         return []
     shown = data.task.unnormalize(noisy)   # inputs may be normalised: show them in [0, 1]
-    labels = None if split.y is None else split.y[idx]   # (a conditional model's)
-    tiles = [as_images(data.to_rgb(None, t)) for t in (clean, shown, call(model, noisy, labels).x_hat)]
+    tiles = [as_images(data.to_rgb(None, t)) for t in (clean, shown, call(model, noisy, split.labels(idx)).x_hat)]
     return [save(rows_over(*tiles), out / "denoising.png", tiles[0].shape[1])]
 
 

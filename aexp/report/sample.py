@@ -95,8 +95,7 @@ def training_codes(run, seed: int, batch: int = 1000) -> torch.Tensor:
     train, out = run.data.train, []
     for i in range(0, len(idx), batch):
         part = idx[i:i + batch].to(dev)
-        labels = None if train.y is None else train.y[part]   # (a conditional model's)
-        out.append(encode_with(run.model, run.data.batch(train, part)[0], labels).flatten(1).float().cpu())
+        out.append(encode_with(run.model, run.data.batch(train, part)[0], train.labels(part)).flatten(1).float().cpu())
     return torch.cat(out)
 
 

@@ -34,14 +34,14 @@ class FrameWriter:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(data.val), generator=g)[:probe_size].to(data.val.x.device)
         self.x, target = data.batch(data.val, idx)
-        self.labels = None if data.val.y is None else data.val.y[idx]   # (a conditional model's)
+        self.labels = data.val.labels(idx)   # (a conditional model's)
         self.probe = {"index": idx.cpu().numpy(),
-                      "label": None if data.val.y is None else data.val.y[idx].cpu().numpy()}
+                      "label": None if self.labels is None else self.labels.cpu().numpy()}
         self.data = data
         if data.kind == "colors":   # a colour's own RGB, whatever encoding the model sees
             self.colors = draw.tiles(data.to_rgb(self.x, target))[:, 0, 0]
-        elif data.val.y is not None:
-            self.colors = draw.PALETTE[data.val.y[idx].cpu().numpy() % len(draw.PALETTE)]
+        elif self.labels is not None:
+            self.colors = draw.PALETTE[self.probe["label"] % len(draw.PALETTE)]
         else:
             self.colors = np.tile(draw.PALETTE[0], (len(idx), 1))
         self.projection = None   # chosen at the first frame: raw (2-D) or a PCA fitted then

@@ -75,7 +75,7 @@ def lr_find(cfg, run_dir: Path, job_num=None, overrides=None) -> float:
         for group in optimizer.param_groups:
             group["lr"] = float(lr)
         x, y = data.batch(data.train, idx, train=True)
-        labels = st.labels(data.train, idx)
+        labels = data.train.labels(idx)
         loss = loss_fn(call(model, x, labels), x, y, model, labels=labels)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

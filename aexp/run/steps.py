@@ -68,7 +68,7 @@ def check_progressive(model, data, stages) -> None:
             size = progressive_size([stage], 1)
             xs, ys = resize(x, y, size)
             try:
-                out = call(model, xs, labels(data.train, idx))
+                out = call(model, xs, data.train.labels(idx))
             except RuntimeError as e:
                 raise ConfigError(f"model {type(model).__name__} cannot train at {size[0]}x{size[1]} "
                                   f"(train.progressive): {str(e).splitlines()[0]}") from None
@@ -91,11 +91,6 @@ def start_epoch(model, loss_fn, epoch: int | None) -> None:
     state): a pretrained encoder may stay frozen for the first epochs; a loss weight may warm up."""
     model.start_epoch(epoch)
     loss_fn.set_epoch(epoch)
-
-
-def labels(split, idx):
-    """The class labels of the samples `idx` (None for unlabelled data)."""
-    return None if split.y is None else split.y[idx]
 
 
 def autocast(precision: str, device: torch.device):
@@ -121,8 +116,9 @@ def preflight(model, loss_fn, data) -> None:
     x, y = data.batch(data.train, idx)
     try:
         with torch.no_grad():
-            out = call(model, x, labels(data.train, idx))
-            terms = loss_fn(out, x, y, model, labels=labels(data.train, idx))
+            lab = data.train.labels(idx)
+            out = call(model, x, lab)
+            terms = loss_fn(out, x, y, model, labels=lab)
     except AexpError:
         raise
     except RuntimeError as e:
@@ -144,7 +140,7 @@ def validation_loss(model, loss_fn, data, split, batch_size: int) -> dict:
     for i in range(0, n, batch_size):
         idx = torch.arange(i, min(i + batch_size, n), device=split.x.device)
         x, y = data.batch(split, idx)
-        lab = labels(split, idx)
+        lab = split.labels(idx)
         for k, v in loss_fn(call(model, x, lab), x, y, model, labels=lab).items():
             sums[k] = sums.get(k, 0.0) + v.detach() * len(x)
     model.train()

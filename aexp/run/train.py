@@ -131,7 +131,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] = (),
                 batch = ep.perm[step * bs:(step + 1) * bs]
                 idx, scale = distributed.shard(batch)
                 x, y = st.resize(*data.batch(data.train, idx, train=True), size)
-                labels = st.labels(data.train, idx)   # (a conditional model takes them too)
+                labels = data.train.labels(idx)   # (a conditional model takes them too)
                 with autocast:
                     out = call(model, x, labels, net=net)
                     terms = loss_fn(out, x, y, model, labels=labels)
