@@ -204,7 +204,7 @@ def _named_folder_lock(command: Command, args: list[str]):
     return folder_lock(named[-1])
 
 
-def openmp_waits(window: float = 0.1) -> str:
+def openmp_waits(window: float = 0.1) -> None:
     """Set how torch's OpenMP threads wait, before a command imports torch (libgomp reads
     OMP_WAIT_POLICY once, as it loads; a value the user set wins). Threads that finish a parallel
     region early spin (libgomp: ~300,000 iterations) before they sleep: beside busy processes they
@@ -212,10 +212,9 @@ def openmp_waits(window: float = 0.1) -> str:
     20-30 ms sleeping, 50-900 ms spinning), so where the cores are busy now PASSIVE makes them
     sleep at once. On quiet cores spinning is faster, most for bf16's many short parallel regions
     (the published 32x32 baseline, 2 threads, bf16: 36 ms a step spinning, 47 ms sleeping;
-    docs/explanation/performance-cpu.md). Returns the policy in force ("" = libgomp's default)."""
+    docs/explanation/performance-cpu.md)."""
     if "OMP_WAIT_POLICY" not in os.environ and not cores_quiet(window):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return os.environ.get("OMP_WAIT_POLICY", "")
 
 
 def cores_quiet(window: float = 0.1, busy_below: float = 0.25) -> bool:

@@ -16,7 +16,6 @@ Writes `outputs/bench/bench.json` and `outputs/bench/bench.md`.
 from aexp.cli import openmp_waits
 openmp_waits()
 import argparse  # noqa: E402
-import os  # noqa: E402
 import json
 import platform
 import statistics
@@ -34,6 +33,7 @@ from aexp.assemble import build, conf_dir, resolve_device
 from aexp.data import mnist
 from aexp.io import read_csv
 from aexp.report.render import render
+from aexp.run.threads import waits_sleep
 from aexp.run.train import train
 from data_storage import markdown as storage_markdown, storage_bench
 from field import busy_machine, markdown as field_markdown, sweep_on_two_cores
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     rows = set(args.only.split(",")) if args.only else None
     want = lambda name: rows is None or name in rows
     report = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-                          "openmp_waits": "sleep" if os.environ.get("OMP_WAIT_POLICY") == "PASSIVE" else "spin",
+                          "openmp_waits": "sleep" if waits_sleep() else "spin",
                           "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                           "torch": torch.__version__},
               "data": "real MNIST" if args.root else "synthetic MNIST-shaped", "batch_size": args.batch_size,

@@ -69,8 +69,8 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor, betas, data_range: float =
     c = x.shape[1]
     kernel = _gaussian_window(11, 1.5, x.device).expand(c, 1, 11, 11)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    blur = lambda t: F.conv2d(F.pad(t, (5, 5, 5, 5), mode="reflect"), kernel, groups=c)
     for i, beta in enumerate(betas):
-        blur = lambda t: F.conv2d(F.pad(t, (5, 5, 5, 5), mode="reflect"), kernel, groups=c)
         mx, my = blur(x), blur(y)
         vx = (blur(x * x) - mx ** 2).clamp_min(0)
         vy = (blur(y * y) - my ** 2).clamp_min(0)

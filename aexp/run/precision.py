@@ -2,7 +2,6 @@
 means on the machine at hand. The CPU's bf16 support is read from /proc/cpuinfo (AMX-BF16 tile
 units, AVX512-BF16 vector instructions), so the decision is cheap and says why it was made."""
 import json
-import os
 import platform
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 
 from aexp.io import atomic_write
 from aexp.models.cost import profile
+from aexp.run.threads import waits_sleep
 
 CPUINFO = Path("/proc/cpuinfo")
 RUN_INFO = "run_info.json"   # in the run folder: the precision trained in, and the machine
@@ -90,7 +90,7 @@ def resolve(setting: str, device, step_flops=None, recorded: str | None = None,
     if flops is None or flops < MIN_STEP_FLOPS:
         return "fp32", f"auto: a step under {MIN_STEP_FLOPS / 1e6:g} MFLOP"
     if threads > 1:   # auto stays one arithmetic whatever the load; the hint follows the waits
-        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        if waits_sleep():
             return "fp32", (f"auto: {threads} threads; bf16 paid at 1 thread: train.threads=1 "
                             f"train.precision=bf16")
         return "fp32", (f"auto: {threads} threads; with OpenMP's spinning waits bf16 paid here "

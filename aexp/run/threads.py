@@ -91,4 +91,9 @@ def waits() -> str:
     runs that compute with more than one thread on the CPU."""
     if torch.get_num_threads() < 2:
         return ""
-    return "; OpenMP waits " + ("sleep" if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else "spin")
+    return "; OpenMP waits " + ("sleep" if waits_sleep() else "spin")
+
+
+def waits_sleep() -> bool:
+    """Whether idle OpenMP threads sleep at once (OMP_WAIT_POLICY=PASSIVE), rather than spin."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
