@@ -32,6 +32,7 @@ from hydra import initialize_config_dir
 from aexp.assemble import build, conf_dir, resolve_device
 from aexp.data import mnist
 from aexp.io import read_csv
+from aexp.models import layout as layout_of
 from aexp.report.render import render
 from aexp.run.threads import waits_sleep
 from aexp.run.train import train
@@ -174,12 +175,15 @@ def render_per_frame(device) -> dict:
 LAYOUT_MODELS = {  # bench name -> (model overrides, input shape): conv models for train.channels_last
     "conv AE 1x28x28": (["model=conv"], (1, 28, 28)),
     "baseline32 3x32x32": (["model=baseline32"], (3, 32, 32)),
+    "published 32x32 baseline": (["model=baseline32", "model.channels=[12,24]", "model.grid=[16,8]",
+                                  "model.head=false"], (3, 32, 32)),
 }
 
 
 def layout_speedup(device, batch=128, steps=8) -> dict:
-    """Training-step time of conv models with NCHW weights vs channels_last (NHWC), same
-    weights and random data, the two layouts measured alternately in one process."""
+    """Training-step time of conv models with NCHW weights vs channels_last (NHWC, as training
+    stores it: aexp.models.layout), same weights and random data, the two layouts measured
+    alternately in one process."""
     dev = torch.device(device)
     out = {}
     for name, (overrides, shape) in LAYOUT_MODELS.items():
@@ -188,7 +192,8 @@ def layout_speedup(device, batch=128, steps=8) -> dict:
         nets = {}
         for layout in (torch.contiguous_format, torch.channels_last):
             torch.manual_seed(0)
-            net = build(cfg.model, in_shape=shape, out_shape=shape).to(dev).to(memory_format=layout)
+            net = build(cfg.model, in_shape=shape, out_shape=shape).to(dev)
+            net = layout_of.channels_last(net) if layout == torch.channels_last else net
             nets[layout] = (net, torch.optim.Adam(net.parameters(), 1e-3))
         times = {layout: [] for layout in nets}
         for i in range(steps + 2):

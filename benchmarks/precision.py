@@ -19,7 +19,7 @@ import time
 import torch
 
 from aexp.assemble import build, build_loss
-from aexp.models import cost
+from aexp.models import cost, layout
 from aexp.run import precision as prec
 from aexp.run.steps import autocast
 
@@ -57,7 +57,7 @@ def _setup(compose, overrides, in_shape, out_shape, seed=0):
     model = build(cfg.model, in_shape=in_shape, out_shape=out_shape)
     x = images(1, in_shape, 99)
     if cost.channels_last("auto", model, torch.device("cpu"), x):
-        model = model.to(memory_format=torch.channels_last)
+        model = layout.channels_last(model)
     return model, build_loss(cfg.loss, data_size=4096), build(cfg.optimizer, params=model.parameters())
 
 

@@ -23,7 +23,7 @@ from aexp.assemble.config import (AUTO, CHOICES, EVAL_NUMBERS, EVAL_SECTIONS, KI
                                check_config, check_objective, check_values, conf_dir, defaults,
                                resolve_device)
 from aexp.errors import AexpError, CheckpointError, ConfigError, unwrap
-from aexp.models import cost
+from aexp.models import cost, layout
 
 __all__ = ["AUTO", "CHOICES", "EVAL_NUMBERS", "EVAL_SECTIONS", "KINDS", "MINIMUM", "LoadedRun",
            "allowed_targets", "build", "build_loss", "build_model", "build_parts", "build_schedule", "check_config",
@@ -128,7 +128,7 @@ def build_parts(cfg, device) -> tuple:
     model = build_model(cfg.model, data).to(device)
     x, _ = data.batch(data.train, torch.arange(min(1, len(data.train)), device=data.train.x.device))
     if cost.channels_last(cfg.train.get("channels_last", "auto"), model, device, x):
-        model = model.to(memory_format=torch.channels_last)   # when it pays: aexp.models.cost
+        model = layout.channels_last(model)   # when it pays: aexp.models.cost
     needs_code = any(isinstance(t, DictConfig) and "code_size" in t and t.code_size is None
                      for t in (cfg.loss.get("terms") or {}).values())
     loss = build_loss(cfg.loss, data_size=len(data.train),
