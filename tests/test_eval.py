@@ -126,6 +126,27 @@ def test_classifier_is_trained_once_and_cached(tmp_path):
     assert other != path                                            # keyed by the dataset config
 
 
+def test_a_constant_picture_is_classified_once_with_the_same_accuracy(tmp_path):
+    from aexp.data import mnist
+    data = mnist(str(make_mnist(tmp_path / "d", n_train=300, n_test=60)), val_size=20)
+    x, y = data.batch(data.train)[0], data.train.y
+    model, _, _ = classifier.get({"_target_": "aexp.data.mnist", "root": "x"}, "reconstruct", x, y,
+                                 10, tmp_path / "c", epochs=2)
+    test_x, labels = data.batch(data.test)[0], data.test.y
+    calls = []
+    model.register_forward_hook(lambda m, a, out: calls.append(len(a[0])))
+    for picture in (test_x[:1], test_x[7:8], test_x.mean(0, keepdim=True)):
+        same = picture.expand_as(test_x)
+        calls.clear()
+        got = classifier.accuracy(model, same, labels)
+        assert calls == [1]                                          # one forward, of one picture
+        with torch.no_grad():                                        # all 60 copies in one forward
+            assert got == int((model(same.contiguous()).argmax(1) == labels).sum()) / len(labels)
+    calls.clear()
+    classifier.accuracy(model, test_x, labels, batch=25)
+    assert calls == [25, 25, 10]                                     # different pictures: in batches
+
+
 class _Colorizer(Autoencoder):
     """L -> a,b by a 1x1 convolution (a stand-in colourisation model)."""
 

@@ -55,7 +55,11 @@ def cache_key(dataset_cfg: dict, view: str, epochs: int, seed: int) -> str:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> float:
+    """The share of `images` classified as `labels`. The same picture for every label (a constant
+    prediction, the trivial baseline's) is classified once."""
     model.eval()
+    if len(images) > 1 and bool((images == images[:1]).all()):
+        return int((model(images[:1]).argmax(1) == labels).sum()) / len(images)
     correct = 0
     for i in range(0, len(images), batch):
         correct += int((model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
