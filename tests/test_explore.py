@@ -82,6 +82,18 @@ def test_projections_map_back_to_latent_space():
     pca.components = -pca.components     # a reference with both axes flipped...
     np.testing.assert_allclose(PCA(reference=pca).fit(z), -p, atol=1e-9)   # ...is followed
     assert isinstance(choose("auto", 2), Raw) and isinstance(choose("auto", 8), PCA)
+    # more points than dimensions: the axes come from the scatter matrix, the same as the SVD's
+    zc = z - z.mean(0)
+    _, s, vt = np.linalg.svd(zc, full_matrices=False)
+    signs = np.sign(np.sum(pca.components * vt[:2], 1))[:, None]
+    np.testing.assert_allclose(pca.components, signs * vt[:2], atol=1e-9)
+    fresh = PCA()
+    fresh.fit(z)
+    assert all(st > 0 for st in fresh.components.T.strides)   # frames save it with torch.from_numpy
+    assert pca.explained == pytest.approx((s[:2] ** 2).sum() / (s ** 2).sum(), rel=1e-12)
+    few = z[:3]                                   # fewer points than dimensions: the SVD itself
+    u, s3, _ = np.linalg.svd(few - few.mean(0), full_matrices=False)
+    np.testing.assert_allclose(np.abs(PCA().fit(few)), np.abs(u[:, :2] * s3[:2]), atol=1e-9)
     with pytest.raises(ConfigError, match="at most 2"):
         Raw().fit(z)
     with pytest.raises(ConfigError, match="unknown projection"):
