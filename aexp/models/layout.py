@@ -4,8 +4,9 @@ computed in NCHW.
 `channels_last(model)` stores the model NHWC (train.channels_last, decided by
 aexp.models.cost) and hooks every 2-d BatchNorm: in training mode, on the CPU, with more than one
 thread and a channel count that is under 32 and not a multiple of 16, the layer's input is
-copied to NCHW, normalised there and copied back (and its gradient likewise). The values are
-BatchNorm's own NCHW kernel's, so a model computes what it computes stored NCHW.
+copied to NCHW, normalised there and copied back (and its gradient likewise). Its values are
+BatchNorm's own NCHW kernel's, the same as in the model stored NCHW. Under torch.compile nothing
+is rerouted (inductor writes its own BatchNorm kernels).
 
 Why: torch's channels-last BatchNorm training kernel on the CPU is many times slower than the
 NCHW one when the channels do not fill its vectors. Forward + backward on 128 x C x H x W, 2
@@ -49,9 +50,9 @@ class _Layout(torch.autograd.Function):
 def reroute(norm: nn.Module, x: torch.Tensor) -> bool:
     """Should this BatchNorm call run in NCHW? (The rule above.)"""
     c = x.shape[1]
-    return (norm.training and x.device.type == "cpu" and c < 32 and c % 16
-            and torch.get_num_threads() > 1 and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last))
+    return (norm.training and x.device.type == "cpu" and c < 32 and c % 16 != 0
+            and not torch.compiler.is_compiling() and torch.get_num_threads() > 1
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _to_nchw(norm, args):
