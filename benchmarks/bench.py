@@ -32,9 +32,9 @@ from hydra import initialize_config_dir
 from aexp.assemble import build, conf_dir, resolve_device
 from aexp.data import mnist
 from aexp.io import read_csv
-from aexp.models import layout as layout_of
+from aexp.models import layout
 from aexp.report.render import render
-from aexp.run.threads import waits_sleep
+from aexp.run.threads import wait_mode
 from aexp.run.train import train
 from data_storage import markdown as storage_markdown, storage_bench
 from field import busy_machine, markdown as field_markdown, sweep_on_two_cores
@@ -190,17 +190,17 @@ def layout_speedup(device, batch=128, steps=8) -> dict:
         cfg = compose(overrides)
         x = torch.rand(batch, *shape, device=dev)
         nets = {}
-        for layout in (torch.contiguous_format, torch.channels_last):
+        for fmt in (torch.contiguous_format, torch.channels_last):
             torch.manual_seed(0)
             net = build(cfg.model, in_shape=shape, out_shape=shape).to(dev)
-            net = layout_of.channels_last(net) if layout == torch.channels_last else net
-            nets[layout] = (net, torch.optim.Adam(net.parameters(), 1e-3))
-        times = {layout: [] for layout in nets}
+            net = layout.channels_last(net) if fmt == torch.channels_last else net
+            nets[fmt] = (net, torch.optim.Adam(net.parameters(), 1e-3))
+        times = {fmt: [] for fmt in nets}
         for i in range(steps + 2):
-            for layout, (net, opt) in nets.items():
+            for fmt, (net, opt) in nets.items():
                 dt = _timed_step(dev, opt, lambda: ((net(x).x_hat - x) ** 2).mean())
                 if i >= 2:     # the first two steps warm up
-                    times[layout].append(dt)
+                    times[fmt].append(dt)
         nchw, nhwc = (statistics.median(times[k]) for k in nets)
         out[name] = {"nchw_ms": nchw * 1e3, "channels_last_ms": nhwc * 1e3, "speedup": nchw / nhwc}
     return out
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     rows = set(args.only.split(",")) if args.only else None
     want = lambda name: rows is None or name in rows
     report = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-                          "openmp_waits": "sleep" if waits_sleep() else "spin",
+                          "openmp_waits": wait_mode(),
                           "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                           "torch": torch.__version__},
               "data": "real MNIST" if args.root else "synthetic MNIST-shaped", "batch_size": args.batch_size,

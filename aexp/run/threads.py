@@ -91,7 +91,12 @@ def waits() -> str:
     runs that compute with more than one thread on the CPU."""
     if torch.get_num_threads() < 2:
         return ""
-    return "; OpenMP waits " + ("sleep" if waits_sleep() else "spin")
+    return "; OpenMP waits " + wait_mode()
+
+
+def wait_mode() -> str:
+    """How idle OpenMP threads wait, in the words the banner and the bench print: sleep | spin."""
+    return "sleep" if waits_sleep() else "spin"
 
 
 def waits_sleep() -> bool:
